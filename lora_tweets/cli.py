@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -17,12 +18,12 @@ import datasets
 import transformers
 
 from .data import DATA_ENV_VAR, HUB_DATASET_ID, DataError, load_tweets, report_to_dict
-from .models import ModelError
+from .models import ModelError, count_model_parameters
 from .trainer import ConfigError, TrainConfig, load_config, predict, train, write_submission
 
 # %% auto #0
 __all__ = ['add_data_options', 'data_options', 'run_data', 'add_config_options', 'config_from_args', 'run_train', 'run_predict',
-           'build_parser', 'configure_logging', 'main']
+           'run_params', 'build_parser', 'configure_logging', 'main']
 
 # %% ../nbs/06_cli.ipynb #8c2fd11b
 def add_data_options(
@@ -128,6 +129,15 @@ def run_predict(
     print(f"wrote {len(df)} predictions to {args.out}")
     return 0
 
+# %% ../nbs/06_cli.ipynb #24d66be7
+def run_params(
+    args:argparse.Namespace, # parsed options of `lora_tweets params`
+) -> int: # exit status
+    "Print the exact parameter counts of a model with LoRA, computed from its architecture without weights."
+    counts = count_model_parameters(args.model, r=args.lora_r, alpha=args.lora_alpha, target_modules=args.lora_target_modules)
+    print(json.dumps({**dataclasses.asdict(counts), "share": counts.share}) if args.format == "json" else counts)
+    return 0
+
 # %% ../nbs/06_cli.ipynb #bfa61d8a
 def build_parser() -> argparse.ArgumentParser:
     "Build the `lora_tweets` parser with one subparser per command."
@@ -164,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", nargs="+", metavar="TEXT", help="texts to predict; printed with label and probability")
     p.add_argument("--batch-size", type=int, default=64, help="rows per batch (default: 64)")
     p.set_defaults(func=run_predict)
+
+    p = sub.add_parser("params", help="count a model's parameters with LoRA, without downloading it",
+                       description="Count the trainable and total parameters of a preset, or of a local model folder with "
+                       "config.json, wrapped with LoRA for sequence classification. The model is built on the meta device, "
+                       "so nothing is downloaded and no memory is allocated.")
+    p.add_argument("--model", required=True, metavar="NAME", help="preset name or local model folder with config.json")
+    p.add_argument("--lora-r", type=int, metavar="N", help="LoRA rank (default: the preset's)")
+    p.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA alpha (default: the preset's); does not change the count")
+    p.add_argument("--lora-target-modules", nargs="+", metavar="NAME",
+                   help="module names that get LoRA (default: the preset's, else the model family's)")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
+    p.set_defaults(func=run_params)
     return parser
 
 # %% ../nbs/06_cli.ipynb #d161ffe3
@@ -176,6 +198,8 @@ def configure_logging(
     if level != "DEBUG":
         transformers.utils.logging.set_verbosity_error()
         datasets.disable_progress_bars()
+        # PEFT 0.21 calls a transformers 5 method that is deprecated; the warning is PEFT's, not the user's.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # %% ../nbs/06_cli.ipynb #7a0bb74c
 def main(

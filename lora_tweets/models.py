@@ -5,22 +5,27 @@
 # %% ../nbs/02_models.ipynb #4322edd5
 from __future__ import annotations
 
+import importlib.util
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from accelerate import init_empty_weights
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForSequenceClassification, BitsAndBytesConfig, PreTrainedConfig,
+                          PreTrainedModel)
 
 from .data import LABEL_NAMES
-from .tokenizers import minilm_folder
+from .tokenizers import get_tokenizer_policy, minilm_folder
 
 # %% auto #0
 __all__ = ['FAMILIES', 'PRESETS', 'PRECISIONS', 'ModelError', 'LoraSettings', 'ModelFamily', 'model_family', 'ModelPreset',
-           'resolve_model', 'choose_precision', 'default_device', 'lora_config', 'wrap_lora', 'load_model',
-           'ParamCount', 'count_parameters']
+           'resolve_model', 'choose_precision', 'default_device', 'lora_config', 'wrap_lora', 'load_base_model',
+           'load_model', 'ParamCount', 'count_parameters', 'preset_config', 'count_config_parameters',
+           'count_model_parameters', 'build_tiny_model', 'enable_gradient_checkpointing', 'check_4bit_support',
+           'bnb_4bit_config']
 
 # %% ../nbs/02_models.ipynb #523fd248
 class ModelError(ValueError):
@@ -74,6 +79,27 @@ def model_family(
     return ModelFamily(config.model_type, tuple(targets) if targets else (), "score" if decoder else "classifier", decoder)
 
 # %% ../nbs/02_models.ipynb #6fa0977b
+# config.json values of the hub checkpoints. Their other keys (dropout rates, initializer_range, bias switches)
+# equal the defaults of the config classes and are left out, as is head_dim = hidden_size / num_attention_heads.
+_ARCHITECTURES = {
+    "minilm": dict(model_type="bert", vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                   intermediate_size=1536, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
+                   layer_norm_eps=1e-12, pad_token_id=0),
+    "roberta-large": dict(model_type="roberta", vocab_size=50265, hidden_size=1024, num_hidden_layers=24,
+                          num_attention_heads=16, intermediate_size=4096, hidden_act="gelu",
+                          max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+                          bos_token_id=0, pad_token_id=1, eos_token_id=2),
+    "mistral-7b": dict(model_type="mistral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, hidden_act="silu",
+                       max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=4096,
+                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
+    "llama-2-7b": dict(model_type="llama", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008, hidden_act="silu",
+                       max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=None,
+                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
+}
+
+# %% ../nbs/02_models.ipynb #4f010d3c
 @dataclass(frozen=True)
 class ModelPreset:
     "A named checkpoint with its LoRA and training defaults."
@@ -83,6 +109,7 @@ class ModelPreset:
     lora: LoraSettings  # LoRA defaults
     training: dict = field(default_factory=dict)  # training defaults: learning_rate, batch_size, epochs, ...
     description: str = ""  # one line for listings
+    architecture: dict = field(default_factory=dict)  # config.json values of the checkpoint, for `preset_config`
 
 # The study's recipe. Its warm-up ratio of 0.1 did nothing with a constant schedule, so it is 0 here.
 _STUDY_TRAINING = dict(learning_rate=1e-4, batch_size=8, epochs=5, max_length=512, lr_scheduler="constant",
@@ -93,15 +120,15 @@ PRESETS = {p.name: p for p in (
                 LoraSettings(r=16, alpha=32, dropout=0.1, target_modules=("query", "value", "pooler.dense")),
                 dict(learning_rate=2e-3, batch_size=32, epochs=2, max_length=128, lr_scheduler="linear",
                      warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, gradient_checkpointing=False),
-                "MiniLM-L6 (22.7M parameters), the CPU default"),
+                "MiniLM-L6 (22.7M parameters), the CPU default", _ARCHITECTURES["minilm"]),
     ModelPreset("roberta-large", "FacebookAI/roberta-large", "roberta", LoraSettings(r=2, alpha=16, dropout=0.1),
-                _STUDY_TRAINING, "RoBERTa-large (355M) with the study's LoRA settings"),
+                _STUDY_TRAINING, "RoBERTa-large (355M) with the study's LoRA settings", _ARCHITECTURES["roberta-large"]),
     ModelPreset("mistral-7b", "mistralai/Mistral-7B-v0.1", "mistral",
                 LoraSettings(r=2, alpha=16, dropout=0.1, target_modules=("q_proj", "v_proj")),
-                _STUDY_TRAINING, "Mistral-7B-v0.1 with the study's LoRA settings"),
+                _STUDY_TRAINING, "Mistral-7B-v0.1 with the study's LoRA settings", _ARCHITECTURES["mistral-7b"]),
     ModelPreset("llama-2-7b", "meta-llama/Llama-2-7b-hf", "llama",
                 LoraSettings(r=16, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj")),
-                _STUDY_TRAINING, "Llama-2-7B with the study's LoRA settings"),
+                _STUDY_TRAINING, "Llama-2-7B with the study's LoRA settings", _ARCHITECTURES["llama-2-7b"]),
 )}
 
 # %% ../nbs/02_models.ipynb #7ce4f85e
@@ -195,6 +222,45 @@ def _keep_trainable_fp32(model: torch.nn.Module) -> None:
         if p.requires_grad and p.dtype != torch.float32: p.data = p.data.float()
 
 # %% ../nbs/02_models.ipynb #918dfd49
+def _label_kwargs() -> dict:
+    "Config fields that give a model the two tweet labels."
+    return dict(num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
+                label2id={n: i for i, n in enumerate(LABEL_NAMES)})
+
+# %% ../nbs/02_models.ipynb #f6134b4f
+def load_base_model(
+    name:str, # preset name, local folder or hub id
+    tokenizer, # the tokenizer from `load_tokenizer`; its pad token id goes into the model config
+    precision:str="auto", # auto, fp32, bf16 or fp16 (see `choose_precision`); with 4-bit, the compute dtype
+    device:str|None=None, # device the precision is chosen for; the Trainer moves the model there
+    trust_remote_code:bool=False, # run model code from the checkpoint's repository (off unless you trust it)
+    gradient_checkpointing:bool=False, # recompute activations in the backward pass (non-reentrant) to save memory
+    load_in_4bit:bool=False, # load the frozen weights in 4-bit NF4 with bitsandbytes; needs a CUDA GPU
+) -> PreTrainedModel:
+    "Load a model for two-label sequence classification, without LoRA, ready to be wrapped or to take an adapter."
+    if load_in_4bit: check_4bit_support()
+    path, _ = resolve_model(name)
+    config = AutoConfig.from_pretrained(path, **_label_kwargs(), trust_remote_code=trust_remote_code)
+    family = model_family(config)
+    if tokenizer.pad_token_id is None:
+        raise ModelError(f"the tokenizer of {name} has no pad token; load it with load_tokenizer, which sets one.")
+    config.pad_token_id = tokenizer.pad_token_id
+    if hasattr(config, "use_cache"): config.use_cache = False  # a classifier never generates, so a KV cache only costs memory
+    dtype = PRECISIONS[choose_precision(precision, device)]
+    quantized = {}
+    if load_in_4bit:
+        # bitsandbytes quantizes while loading, so the weights go straight to the GPU that trains them
+        quantized = dict(quantization_config=bnb_4bit_config(dtype, family), device_map={"": torch.cuda.current_device()})
+    base = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype,
+                                                              trust_remote_code=trust_remote_code, **quantized)
+    if load_in_4bit:
+        # Freezes the base and casts the weights that stay unquantized (embeddings, norms, head) to float32.
+        # Checkpointing is turned on below instead, because PEFT's call uses an API deprecated in transformers 5.
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    if gradient_checkpointing: enable_gradient_checkpointing(base)
+    return base
+
+# %% ../nbs/02_models.ipynb #d72c538e
 def load_model(
     name:str, # preset name, local folder or hub id
     tokenizer, # the tokenizer from `load_tokenizer`; its pad token id goes into the model config
@@ -202,23 +268,20 @@ def load_model(
     precision:str="auto", # auto, fp32, bf16 or fp16 (see `choose_precision`)
     device:str|None=None, # device the precision is chosen for; the Trainer moves the model there
     trust_remote_code:bool=False, # run model code from the checkpoint's repository (off unless you trust it)
+    gradient_checkpointing:bool=False, # recompute activations in the backward pass (non-reentrant) to save memory
+    load_in_4bit:bool=False, # QLoRA: load the frozen weights in 4-bit NF4 with bitsandbytes; needs a CUDA GPU
 ) -> PeftModel:
     "Load a model for two-label sequence classification and wrap it with LoRA."
-    path, preset = resolve_model(name)
-    config = AutoConfig.from_pretrained(path, num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
-                                        label2id={n: i for i, n in enumerate(LABEL_NAMES)}, trust_remote_code=trust_remote_code)
-    family = model_family(config)
-    if tokenizer.pad_token_id is None:
-        raise ModelError(f"the tokenizer of {name} has no pad token; load it with load_tokenizer, which sets one.")
-    config.pad_token_id = tokenizer.pad_token_id
-    dtype = PRECISIONS[choose_precision(precision, device)]
-    base = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype,
-                                                              trust_remote_code=trust_remote_code)
+    base = load_base_model(name, tokenizer, precision=precision, device=device, trust_remote_code=trust_remote_code,
+                           gradient_checkpointing=gradient_checkpointing, load_in_4bit=load_in_4bit)
+    _, preset = resolve_model(name)
+    family = model_family(base.config)
     lora = lora or (preset.lora if preset else LoraSettings())
     model = wrap_lora(base, lora_config(lora, family))
     _keep_trainable_fp32(model)
     counts = count_parameters(model)
-    logging.getLogger(__name__).info("loaded %s (%s, %s): %s", name, family.model_type, dtype, counts)
+    logging.getLogger(__name__).info("loaded %s (%s, %s%s): %s", name, family.model_type, base.dtype,
+                                     ", 4-bit NF4 base" if load_in_4bit else "", counts)
     return model
 
 # %% ../nbs/02_models.ipynb #7fcd4b65
@@ -253,3 +316,110 @@ def count_parameters(
         if "lora_" in name: lora += n
         elif "modules_to_save" in name: head += n
     return ParamCount(trainable, total, lora, head)
+
+# %% ../nbs/02_models.ipynb #68a44bb7
+def preset_config(
+    name:str, # preset name, such as "mistral-7b"
+) -> PreTrainedConfig:
+    "Build a preset's sequence-classification config from its stored architecture, without a download."
+    if name not in PRESETS:
+        raise ModelError(f"unknown preset {name!r}. The presets are {', '.join(PRESETS)}.")
+    values = dict(PRESETS[name].architecture)
+    model_type = values.pop("model_type")
+    config = AutoConfig.for_model(model_type, **values, **_label_kwargs())
+    if config.pad_token_id is None and get_tokenizer_policy(model_type).pad_with_eos:
+        config.pad_token_id = config.eos_token_id
+    if hasattr(config, "use_cache"): config.use_cache = False  # as `load_base_model` sets it
+    return config
+
+# %% ../nbs/02_models.ipynb #cb6652fe
+def count_config_parameters(
+    config:PreTrainedConfig, # config of the model, such as `preset_config(name)`
+    lora:LoraSettings, # LoRA settings to wrap the model with
+) -> ParamCount:
+    "Count the parameters of a config's sequence-classification model with LoRA, built on the meta device."
+    with init_empty_weights():
+        base = AutoModelForSequenceClassification.from_config(config)
+        model = wrap_lora(base, lora_config(lora, model_family(config)))
+    return count_parameters(model)
+
+# %% ../nbs/02_models.ipynb #a0cf2500
+def count_model_parameters(
+    name:str, # preset name, or local model folder with config.json
+    lora:LoraSettings|None=None, # LoRA settings; default: the preset's, else `LoraSettings()`
+    **overrides, # `LoraSettings` fields to replace, such as r=4 or target_modules=["q_proj"]; None values are ignored
+) -> ParamCount:
+    "Count the exact parameters of a model with LoRA from its architecture alone, without weights or a download."
+    known = {f.name for f in fields(LoraSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ModelError(f"unknown LoRA setting {', '.join(unknown)}. The settings are {', '.join(sorted(known))}.")
+    if name in PRESETS:
+        config, preset = preset_config(name), PRESETS[name]
+    else:
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{name} is not a preset ({', '.join(PRESETS)}) and not a folder with config.json. "
+                             "Counting reads the architecture without a download: pass a preset, or a folder that "
+                             "holds the model's config.json.")
+        config, preset = AutoConfig.from_pretrained(folder, **_label_kwargs()), None
+    lora = lora or (preset.lora if preset else LoraSettings())
+    lora = replace(lora, **{k: v for k, v in overrides.items() if v is not None})
+    return count_config_parameters(config, lora)
+
+# %% ../nbs/02_models.ipynb #8e3694c2
+def build_tiny_model(
+    folder:str|Path, # folder written by `build_tiny_tokenizer`, with the tokenizer files and a tiny config.json
+    seed:int=0, # seed of the random weights
+) -> Path: # `folder`, which now also holds model.safetensors
+    "Build a tiny randomly initialised sequence-classification model from a tiny tokenizer's folder and save it there."
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder}: no config.json. Write the folder with "
+                         "lora_tweets.tokenizers.build_tiny_tokenizer(family, texts, folder) first.")
+    config = AutoConfig.from_pretrained(folder, **_label_kwargs())
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's random state as it was
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    model.save_pretrained(folder)
+    logging.getLogger(__name__).info("saved a tiny %s with %s parameters in %s", type(model).__name__,
+                                     f"{model.num_parameters():,}", folder)
+    return folder
+
+# %% ../nbs/02_models.ipynb #3d2b3563
+def enable_gradient_checkpointing(
+    model:PreTrainedModel, # the base model, before LoRA wrapping
+) -> None:
+    "Turn on non-reentrant gradient checkpointing, with embedding outputs that require grad so gradients reach LoRA."
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name in transformers 5.25, where the old one is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if not getattr(model, "_require_grads_hooks", None):  # transformers 5.25 registers the hook itself
+        model.enable_input_require_grads()
+
+# %% ../nbs/02_models.ipynb #6961937b
+def check_4bit_support(
+    cuda:bool|None=None, # whether a CUDA GPU is present; default: `torch.cuda.is_available()`
+    bitsandbytes:bool|None=None, # whether bitsandbytes is installed; default: whether Python finds it
+) -> None:
+    "Raise a `ModelError` naming what is missing when 4-bit loading cannot work on this machine."
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    bitsandbytes = importlib.util.find_spec("bitsandbytes") is not None if bitsandbytes is None else bitsandbytes
+    missing = []
+    if not cuda:
+        missing.append("a CUDA GPU, and this machine has none. Train without it, or on a machine with an NVIDIA GPU")
+    if not bitsandbytes:
+        missing.append("the bitsandbytes package, which is not installed. Install it with: pip install bitsandbytes")
+    if missing:
+        raise ModelError("4-bit loading (load_in_4bit) needs " + ". It also needs ".join(missing) + ".")
+
+# %% ../nbs/02_models.ipynb #43109063
+def bnb_4bit_config(
+    compute_dtype:torch.dtype, # dtype of the matrix products: bfloat16, or float16 on GPUs without bfloat16
+    family:ModelFamily, # family of the model; its classification head stays unquantized
+) -> BitsAndBytesConfig:
+    "Build the QLoRA quantization config: NF4 weights with double quantization, the head left unquantized."
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=[family.head])

@@ -30,12 +30,11 @@ import transformers
 from datasets import Dataset
 from peft import PeftModel
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
-from transformers import (AutoConfig, AutoModelForSequenceClassification, EvalPrediction, PrinterCallback, Trainer,
-                          TrainerCallback, TrainingArguments)
+from transformers import EvalPrediction, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .data import (LABEL_NAMES, DataError, check_tweets, class_weights, load_tweets, read_tweets_csv)
-from .models import (PRECISIONS, PRESETS, LoraSettings, ModelError, choose_precision, count_parameters,
-                                default_device, load_model, model_family, resolve_model)
+from .models import (PRESETS, LoraSettings, ModelError, choose_precision, count_parameters, default_device,
+                                load_base_model, load_model, resolve_model)
 from .tokenizers import load_tokenizer, make_collator, tokenize_dataset
 
 # %% auto #0
@@ -90,6 +89,7 @@ class TrainConfig:
     weighted_loss: bool = _opt(True, "weigh the cross-entropy by n / (2 * count) per class, computed on the training rows")
     group_by_length: bool = _opt(True, "batch rows of similar length together, which cuts padding")
     gradient_checkpointing: bool | None = _opt(None, "recompute activations in the backward pass to save memory")
+    load_in_4bit: bool = _opt(False, "load the frozen base weights in 4-bit NF4 with bitsandbytes (QLoRA); needs a CUDA GPU and the bitsandbytes package")
     precision: str = _opt("auto", "weights and compute precision: auto, fp32, bf16 or fp16", metavar="NAME")
     report_to: str = _opt("none", "experiment tracker: none, wandb or tensorboard", metavar="NAME")
     run_name: str | None = _opt(None, "run name for the tracker", "the output folder's name", "NAME")
@@ -220,8 +220,6 @@ def training_arguments(
         report_to=c.report_to, run_name=c.run_name or Path(c.output_dir).name, seed=c.seed, data_seed=c.seed,
         train_sampling_strategy="group_by_length" if c.group_by_length else "random",
         remove_unused_columns=False, label_names=["labels"],
-        activation_checkpointing=c.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if c.gradient_checkpointing else None,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True, dataloader_num_workers=0)
 
@@ -413,7 +411,8 @@ def train(
     raw, tokenized, facts = prepare_data(c, tokenizer)
     lora = LoraSettings(r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout,
                         target_modules=tuple(c.lora_target_modules) if c.lora_target_modules else None)
-    model = load_model(c.model, tokenizer, lora, precision=precision, trust_remote_code=c.trust_remote_code)
+    model = load_model(c.model, tokenizer, lora, precision=precision, trust_remote_code=c.trust_remote_code,
+                       gradient_checkpointing=bool(c.gradient_checkpointing), load_in_4bit=c.load_in_4bit)
     params = count_parameters(model)
     log.info("config %s", config_to_dict(c))
     log.info("data %s; parameters %s; precision %s", facts, params, precision)
@@ -482,14 +481,10 @@ def load_run(
     c = load_config(run_dir / "train_config.json")
     path, _ = resolve_model(c.model)
     tokenizer = load_tokenizer(path, max_length=c.max_length, trust_remote_code=c.trust_remote_code)
-    config = AutoConfig.from_pretrained(path, num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
-                                        label2id={n: i for i, n in enumerate(LABEL_NAMES)},
-                                        pad_token_id=tokenizer.pad_token_id, trust_remote_code=c.trust_remote_code)
-    precision = choose_precision("auto")
-    base = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=PRECISIONS[precision],
-                                                              trust_remote_code=c.trust_remote_code)
+    base = load_base_model(path, tokenizer, precision=choose_precision("auto"), trust_remote_code=c.trust_remote_code,
+                           load_in_4bit=c.load_in_4bit)
     model = PeftModel.from_pretrained(base, run_dir)
-    if torch.cuda.is_available(): model.to("cuda")
+    if torch.cuda.is_available() and not c.load_in_4bit: model.to("cuda")  # a 4-bit model is already on its GPU
     return model.eval(), tokenizer, c
 
 # %% ../nbs/03_trainer.ipynb #72645467

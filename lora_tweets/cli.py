@@ -19,11 +19,12 @@ import transformers
 
 from .data import DATA_ENV_VAR, HUB_DATASET_ID, DataError, load_tweets, report_to_dict
 from .models import ModelError, count_model_parameters
+from .results import REFERENCE_STUDY, write_report
 from .trainer import ConfigError, TrainConfig, load_config, predict, train, write_submission
 
 # %% auto #0
 __all__ = ['add_data_options', 'data_options', 'run_data', 'add_config_options', 'config_from_args', 'run_train', 'run_predict',
-           'run_params', 'build_parser', 'configure_logging', 'main']
+           'run_params', 'run_report', 'build_parser', 'configure_logging', 'main']
 
 # %% ../nbs/06_cli.ipynb #8c2fd11b
 def add_data_options(
@@ -138,6 +139,16 @@ def run_params(
     print(json.dumps({**dataclasses.asdict(counts), "share": counts.share}) if args.format == "json" else counts)
     return 0
 
+# %% ../nbs/06_cli.ipynb #f72ddf4d
+def run_report(
+    args:argparse.Namespace, # parsed options of `lora_tweets report`
+) -> int: # exit status
+    "Collect run records, then write the comparison tables, statistics and plots into a folder."
+    written = write_report(args.runs, args.out, sweep_storage=args.sweep,
+                           reference=None if args.no_reference else REFERENCE_STUDY, n_resamples=args.resamples, seed=args.seed)
+    print(f"wrote {len(written)} files to {args.out}: {', '.join(written)}")
+    return 0
+
 # %% ../nbs/06_cli.ipynb #bfa61d8a
 def build_parser() -> argparse.ArgumentParser:
     "Build the `lora_tweets` parser with one subparser per command."
@@ -186,6 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="module names that get LoRA (default: the preset's, else the model family's)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
     p.set_defaults(func=run_params)
+
+    p = sub.add_parser("report", help="compare runs: tables, statistics and plots",
+                       description="Collect the run records (run.json) of run folders and sweeps, and write the comparison "
+                       "table, F1 confidence intervals, paired comparisons, the decision-threshold analysis and the plots "
+                       "into a folder as CSV, Markdown, JSON, PNG and SVG. Nothing is trained.")
+    p.add_argument("--runs", nargs="+", default=[], metavar="DIR",
+                   help="run folders, or folders that contain run folders, such as results/runs or a sweep folder")
+    p.add_argument("--sweep", action="append", metavar="STORAGE",
+                   help="sweep folder (with sweep.json) or Optuna storage URL (sqlite:///PATH, journal:///PATH) whose "
+                        "trials to add, with study, trial number and state; repeat the option for several sweeps")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the report files into; created if missing")
+    p.add_argument("--no-reference", action="store_true",
+                   help="leave out the reference study's reported figures (shown by default as a separate, labelled series)")
+    p.add_argument("--resamples", type=int, default=2000, metavar="N",
+                   help="bootstrap resamples of the F1 intervals and paired comparisons (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the threshold folds (default: 0)")
+    p.set_defaults(func=run_report)
     return parser
 
 # %% ../nbs/06_cli.ipynb #d161ffe3

@@ -1,9 +1,11 @@
 """Write README.md from nbs/index.ipynb and its saved outputs, without Quarto.
 
 `nbdev_readme` renders the README with Quarto; this script gives the same content where Quarto
-is not installed: markdown cells as they are, code cells without their `#|` directives, and
-their saved outputs. Cells marked `#| hide` are left out.
+is not installed: markdown cells as they are, code cells without their `#|` directives (or
+without their code when marked `#| echo: false`), and their saved outputs, with
+images written to readme_files/. Cells marked `#| hide` are left out.
 """
+import base64
 import json
 import re
 import sys
@@ -17,9 +19,14 @@ def _source(cell: dict) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
-def _output_markdown(output: dict) -> str:
-    "Render one saved cell output as markdown: HTML tables as they are, text in a fenced block."
+def _output_markdown(output: dict, image_name: str) -> str:
+    "Render one saved cell output as markdown: images as files, HTML tables as they are, text in a fenced block."
     data = output.get("data", {})
+    if "image/png" in data:
+        path = ROOT / "readme_files" / image_name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(base64.b64decode("".join(data["image/png"])))
+        return f"![]({path.relative_to(ROOT).as_posix()})"
     if output.get("output_type") == "stream":
         return "```\n" + "".join(output["text"]).rstrip() + "\n```"
     if "text/markdown" in data:
@@ -46,9 +53,12 @@ def render(nb_path: Path) -> str:
         if cell["cell_type"] != "code":
             continue
         code = "\n".join(l for l in text.splitlines() if not l.startswith("#|")).strip()
-        if code:
+        echo = not any(re.match(r"#\|\s*echo:\s*false", d) for d in directives)
+        if code and echo:
             parts.append("```python\n" + code + "\n```")
-        parts += [o for o in map(_output_markdown, cell.get("outputs", [])) if o]
+        for output in cell.get("outputs", []):
+            rendered = _output_markdown(output, f"figure-{len(parts)}.png")
+            if rendered: parts.append(rendered)
     return "\n\n".join(parts) + "\n"
 
 

@@ -31,7 +31,9 @@ def run(path: Path, flags: set[str]) -> None:
 
     def no_eval(cell) -> bool:
         if cell.cell_type != "code" or "nbdev_export(" in cell.source: return True
-        return bool(_directives(cell.source) & skip)
+        if _directives(cell.source) & skip: return True
+        cell.outputs = []  # CaptureShell keeps the old outputs of a cell that now prints nothing
+        return False
 
     shell = CaptureShell(path)
     shell.run_all(nb, exc_stop=True, preproc=no_eval)

@@ -433,8 +433,9 @@ def train(
         timing = _timing(trainer, time.perf_counter() - start, facts, c.epochs)
         start = time.perf_counter()
         probs = predict_probabilities(trainer.model, tokenized["val"], make_collator(tokenizer), c.eval_batch_size)
-        timing["eval_wall_s"] = round(time.perf_counter() - start, 2)
-        timing["eval_samples_per_s"] = round(len(probs) / timing["eval_wall_s"], 1)
+        eval_wall = time.perf_counter() - start
+        timing["eval_wall_s"] = round(eval_wall, 2)
+        timing["eval_samples_per_s"] = round(len(probs) / max(eval_wall, 1e-9), 1)  # unrounded: tiny sets take under 5 ms
         metrics = classification_metrics(raw["val"]["target"], probs.argmax(-1))
         memory = peak_memory()
     finally:

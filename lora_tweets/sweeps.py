@@ -320,13 +320,14 @@ def _open_database(url: str, heartbeat_interval: int, grace_period: int, retry: 
     shown = redact_storage(url)
     try:
         parsed = sqlalchemy.engine.make_url(url)
-        parsed.get_dialect()
+        parsed.get_dialect().import_dbapi()  # fails here, not inside Optuna, when the driver is not installed
     except sqlalchemy.exc.NoSuchModuleError:  # a subclass of ArgumentError, so it comes first
         raise SweepError(f"unknown database type {parsed.drivername!r} in storage URL {shown!r}. Use {_STORAGE_FORMS}.") from None
     except sqlalchemy.exc.ArgumentError as e:
         raise SweepError(f"invalid storage URL {shown!r} ({e}). Use {_STORAGE_FORMS}.") from None
     except ImportError as e:
-        raise SweepError(f"storage URL {shown!r} needs a database driver that is not installed ({e}). Install it with pip.") from None
+        raise SweepError(f"storage URL {shown!r} needs the database driver {parsed.get_driver_name()}, which is not installed ({e}). "
+                         "Install it with pip, or name an installed driver in the URL: DATABASE+DRIVER://...") from None
     engine_kwargs = {}
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":

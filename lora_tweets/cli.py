@@ -15,16 +15,18 @@ from pathlib import Path
 from typing import Sequence
 
 import datasets
+import optuna
 import transformers
 
 from .data import DATA_ENV_VAR, HUB_DATASET_ID, DataError, load_tweets, report_to_dict
 from .models import ModelError, count_model_parameters
 from .results import REFERENCE_STUDY, write_report
+from .sweeps import BACKENDS, SPACES, run_sweep
 from .trainer import ConfigError, TrainConfig, load_config, predict, train, write_submission
 
 # %% auto #0
 __all__ = ['add_data_options', 'data_options', 'run_data', 'add_config_options', 'config_from_args', 'run_train', 'run_predict',
-           'run_params', 'run_report', 'build_parser', 'configure_logging', 'main']
+           'run_params', 'run_report', 'run_sweep_command', 'build_parser', 'configure_logging', 'main']
 
 # %% ../nbs/06_cli.ipynb #8c2fd11b
 def add_data_options(
@@ -149,6 +151,28 @@ def run_report(
     print(f"wrote {len(written)} files to {args.out}: {', '.join(written)}")
     return 0
 
+# %% ../nbs/06_cli.ipynb #2cfdfb1c
+def run_sweep_command(
+    args:argparse.Namespace, # parsed options of `lora_tweets sweep`
+) -> int: # exit status
+    "Run or continue a sweep and print where it is, its trial counts and its best trial."
+    summary = run_sweep(config_from_args(args), args.trials, backend=args.backend, storage=args.storage,
+                        study_name=args.study, space=args.space, pruner=args.pruner, seed=args.sampler_seed)
+    if summary["backend"] == "wandb":
+        print(f"W&B sweep {summary['sweep_id']}: runs written to {summary['sweep_dir']}")
+        return 0
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["trials"].items()))
+    print(f"study {summary['study_name']} in {summary['storage']}: {counts}")
+    best = summary["best"]
+    if best is None:
+        print("no trial completed")
+        return 0
+    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    print(f"best trial {best['number']}: validation F1 {best['value']:.4f} with {values}")
+    print(f"best run folder {best['run_dir']}; all trials in {summary['trials_file']}")
+    return 0
+
+
 # %% ../nbs/06_cli.ipynb #bfa61d8a
 def build_parser() -> argparse.ArgumentParser:
     "Build the `lora_tweets` parser with one subparser per command."
@@ -173,6 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "options given here replace its values")
     add_config_options(p)
     p.set_defaults(func=run_train)
+
+    p = sub.add_parser("sweep", help="search LoRA and training hyperparameters for the best validation F1",
+                       description="Run or continue a hyperparameter sweep: each trial is a training run in its own folder "
+                       "under --output-dir, with the training options given here and the searched values of the space. "
+                       "With the optuna backend the study lives in a storage (SWEEP_DIR/optuna.db by default); running the "
+                       "same command again after an interruption trains only the missing trials, and several processes or "
+                       "machines pointed at one storage share the work.")
+    p.add_argument("--config", metavar="FILE", help="JSON configuration of every trial; options given here replace its values")
+    add_config_options(p)
+    p.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="number of finished trials the sweep ends with (optuna), or the run cap of the W&B sweep (required)")
+    p.add_argument("--backend", choices=BACKENDS, default="optuna",
+                   help="optuna: offline, with a SQLite, journal or database storage; wandb: a W&B sweep, which needs a W&B "
+                        "account and its server (default: optuna)")
+    p.add_argument("--space", default="study", metavar="NAME_OR_FILE",
+                   help=f"search space: {' or '.join(SPACES)}, or a .json, .yaml or .yml file (default: study)")
+    p.add_argument("--storage", metavar="URL",
+                   help="optuna only: sqlite:///PATH, journal:///PATH (several processes on one machine) or a database URL "
+                        "such as postgresql://USER:PASSWORD@HOST/DB (many machines) (default: the one of the sweep folder, "
+                        "else sqlite:///SWEEP_DIR/optuna.db)")
+    p.add_argument("--study", metavar="NAME", help="optuna only: study name (default: the sweep folder's name)")
+    p.add_argument("--pruner", choices=["none", "median"], default="none",
+                   help="optuna only: stop a trial whose F1 after an epoch is below the median of earlier trials (default: none)")
+    p.add_argument("--sampler-seed", type=int, default=42, metavar="SEED",
+                   help="optuna only: seed of the TPE sampler; the training seed is --seed (default: 42)")
+    p.set_defaults(func=run_sweep_command)
 
     p = sub.add_parser("predict", help="predict with a trained run",
                        description="Predict with a run folder: a split of a data source or a CSV file into a Kaggle "
@@ -226,6 +276,7 @@ def configure_logging(
     if level != "DEBUG":
         transformers.utils.logging.set_verbosity_error()
         datasets.disable_progress_bars()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise; lora_tweets logs each trial's F1
         # PEFT 0.21 calls a transformers 5 method that is deprecated; the warning is PEFT's, not the user's.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 

@@ -105,7 +105,7 @@ def _sweep_storage(source: str | Path, sweep_dir: str | Path | None) -> tuple[st
         if recorded.get("backend") != "optuna":
             raise ResultsError(f"{folder}/sweep.json is a {recorded.get('backend')!r} sweep; only Optuna sweeps have a storage "
                                "to read. Give the folder as a run folder to read its runs.")
-        url = recorded["storage"]
+        url = recorded.get("storage") or f"sqlite:///{folder / 'optuna.db'}"  # null stands for the default, SWEEP_DIR/optuna.db
         if "***" in url:
             raise ResultsError(f"{folder}/sweep.json hides the storage password; pass the storage URL with sweep_dir={str(folder)!r}.")
         file = _storage_file(url)

@@ -32,6 +32,7 @@ from peft import PeftModel
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from transformers import EvalPrediction, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .data import (LABEL_NAMES, DataError, check_tweets, class_weights, load_tweets, read_tweets_csv)
 from .models import (PRESETS, LoraSettings, ModelError, choose_precision, count_parameters, default_device,
@@ -43,8 +44,8 @@ __all__ = ['FALLBACK_TRAINING', 'CHECKPOINT_FILES', 'RUN_RECORD_VERSION', 'Confi
            'config_to_dict', 'load_config', 'resolve_config', 'WeightedCrossEntropy', 'classification_metrics',
            'compute_metrics', 'training_arguments', 'LogCallback', 'predict_probabilities', 'write_json_atomic',
            'environment_info', 'peak_memory', 'wandb_mode', 'start_wandb', 'checkpoint_problem', 'find_checkpoints',
-           'prepare_output_dir', 'prepare_data', 'StepCheckpoints', 'TrainingClock', 'train', 'load_run', 'predict',
-           'write_submission']
+           'prepare_output_dir', 'prepare_data', 'StepCheckpoints', 'TrainingClock', 'EpochSeededSampler',
+           'ResumableTrainer', 'train', 'load_run', 'predict', 'write_submission']
 
 # %% ../nbs/03_trainer.ipynb #5e1434af
 class ConfigError(ValueError):
@@ -490,6 +491,29 @@ def _distributed_facts(args: TrainingArguments) -> dict:
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps}
 
+# %% ../nbs/03_trainer.ipynb #12c84e3e
+class EpochSeededSampler(torch.utils.data.Sampler):
+    "Length-grouped batches in an order drawn from the seed and the epoch alone, so that a run resumed mid-epoch trains the same batches."
+    # `LengthGroupedSampler` without a generator draws from the global random state at the start of each epoch, which a
+    # run resumed in a later epoch cannot restore: its batches would differ from those of the run never interrupted.
+    def __init__(self, sampler: LengthGroupedSampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+        self.sampler.generator = torch.Generator()
+
+    def set_epoch(self, epoch: int) -> None: self.epoch = epoch  # called by the Trainer through Accelerate's data loader
+    def __len__(self) -> int: return len(self.sampler)
+
+    def __iter__(self):
+        self.sampler.generator.manual_seed(self.seed + self.epoch)
+        return iter(self.sampler)
+
+class ResumableTrainer(Trainer):
+    "The `Trainer`, with the length-grouped training order of `EpochSeededSampler`."
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if not isinstance(sampler, LengthGroupedSampler): return sampler
+        return EpochSeededSampler(sampler, self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
 # %% ../nbs/03_trainer.ipynb #5d67600e
 def _timing(trainer: Trainer, train_wall: float, facts: dict, epochs: float) -> dict:
     "Split the wall time of `trainer.train()` into training and per-epoch evaluation, with throughput."
@@ -550,7 +574,7 @@ def train(
 
     tracker = start_wandb(c) if c.report_to == "wandb" and is_main else None
     try:
-        trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"],
+        trainer = ResumableTrainer(model=model, args=args, train_dataset=tokenized["train"],
                           eval_dataset=tokenized["val"], data_collator=make_collator(tokenizer),
                           compute_loss_func=WeightedCrossEntropy(facts["class_weights"]), compute_metrics=compute_metrics)
         trainer.loss_is_scaled_for_ga = False  # the loss is a per-batch mean: the Trainer scales it for accumulation

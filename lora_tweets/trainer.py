@@ -229,7 +229,7 @@ def training_arguments(
         report_to=c.report_to, run_name=c.run_name or Path(c.output_dir).name, seed=c.seed, data_seed=c.seed,
         train_sampling_strategy="group_by_length" if c.group_by_length else "random",
         remove_unused_columns=False, label_names=["labels"],
-        average_tokens_across_devices=False,  # the loss is a per-batch mean; True would multiply it by the process count
+        average_tokens_across_devices=False,  # True would multiply the per-batch mean loss by the process count
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True, dataloader_num_workers=0)
 
@@ -360,11 +360,11 @@ def find_checkpoints(
     found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()] if folder.is_dir() else []
     found.sort(key=lambda p: int(p.name.split("-", 1)[1]))
     problems = {p: checkpoint_problem(p) for p in found}
-    return [p for p in found if problems[p] is None], {p: why for p, why in problems.items() if why is not None}
+    return [p for p in found if problems[p] is None], {p: reason for p, reason in problems.items() if reason is not None}
 
 # %% ../nbs/03_trainer.ipynb #41a7d07d
 _RUN_FILES = ("run.json", "train_config.json", "adapter_config.json", "checkpoints")
-# Fields that may differ between an interrupted run and its resumption: none of them changes the trained model.
+# None of these fields changes the trained model, so they may differ between an interrupted run and its resumption.
 _RESUME_FREE = ("resume", "overwrite_output_dir", "save_steps", "save_total_limit", "logging_steps", "report_to", "run_name")
 
 def _config_changes(out: Path, c: TrainConfig) -> list[str]:
@@ -388,7 +388,7 @@ def prepare_output_dir(
     c:TrainConfig, # resolved configuration
     create:bool=True, # False checks and changes nothing, for the processes other than the main one of a distributed run
 ) -> tuple[Path, Path|None]: # the output folder, and the checkpoint to resume from (None for a new run)
-    "Create the output folder, or find the checkpoint of the interrupted run in it; raise if it contains a finished or different run."
+    "Create the output folder, or find the interrupted run's checkpoint in it, raising if it contains a finished or different run."
     log = logging.getLogger(__name__)
     if not c.output_dir: raise ConfigError("output_dir must be set: the folder that receives the run.")
     out = Path(c.output_dir)
@@ -410,8 +410,8 @@ def prepare_output_dir(
                           f"give its options again (--config {out / 'train_config.json'}); otherwise choose another --output-dir, "
                           "or pass --overwrite-output-dir to start over.")
     complete, incomplete = find_checkpoints(out / "checkpoints")
-    for path, why in incomplete.items():
-        log.warning("deleting the incomplete checkpoint %s (%s): its process stopped while writing it", path, why)
+    for path, reason in incomplete.items():
+        log.warning("deleting the incomplete checkpoint %s (%s): its process stopped while writing it", path, reason)
         if create: shutil.rmtree(path)
     if complete:
         log.info("resuming the interrupted run in %s from %s", out, complete[-1].name)
@@ -495,7 +495,7 @@ def _distributed_facts(args: TrainingArguments) -> dict:
 class EpochSeededSampler(torch.utils.data.Sampler):
     "Length-grouped batches in an order drawn from the seed and the epoch alone, so that a run resumed mid-epoch trains the same batches."
     # `LengthGroupedSampler` without a generator draws from the global random state at the start of each epoch, which a
-    # run resumed in a later epoch cannot restore: its batches would differ from those of the run never interrupted.
+    # run resumed in a later epoch cannot restore, so its batches would differ from those of the run never interrupted.
     def __init__(self, sampler: LengthGroupedSampler, seed: int):
         self.sampler, self.seed, self.epoch = sampler, seed, 0
         self.sampler.generator = torch.Generator()

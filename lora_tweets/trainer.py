@@ -402,7 +402,8 @@ def prepare_output_dir(
             out.mkdir(parents=True, exist_ok=True)
         return out, None
     if (out / "run.json").exists():
-        raise ConfigError(f"{out} already contains a finished run ({', '.join(found)}), so there is nothing to resume. "
+        nothing_to_resume = ", so there is nothing to resume" if c.resume else ""
+        raise ConfigError(f"{out} already contains a finished run ({', '.join(found)}){nothing_to_resume}. "
                           "Choose another --output-dir, or pass --overwrite-output-dir to replace it.")
     changes = _config_changes(out, c)
     if changes:

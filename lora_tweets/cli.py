@@ -105,6 +105,7 @@ def run_train(
 ) -> int: # exit status
     "Train a model and print the run's main figures."
     record = train(config_from_args(args))
+    if record is None: return 0  # a process of torchrun other than the main one, which prints the figures
     m, t = record["metrics"], record["timing"]
     print(f"run written to {record['config']['output_dir']}")
     print(f"validation F1 {m['f1']:.4f} (precision {m['precision']:.4f}, recall {m['recall']:.4f}, "

@@ -31,6 +31,8 @@ from datasets import Dataset
 from peft import PeftModel
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from transformers import EvalPrediction, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .data import (LABEL_NAMES, DataError, check_tweets, class_weights, load_tweets, read_tweets_csv)
 from .models import (PRESETS, LoraSettings, ModelError, choose_precision, count_parameters, default_device,
@@ -38,11 +40,12 @@ from .models import (PRESETS, LoraSettings, ModelError, choose_precision, count_
 from .tokenizers import load_tokenizer, make_collator, tokenize_dataset
 
 # %% auto #0
-__all__ = ['FALLBACK_TRAINING', 'RUN_RECORD_VERSION', 'ConfigError', 'TrainConfig', 'validate_config', 'config_to_dict',
-           'load_config', 'resolve_config', 'WeightedCrossEntropy', 'classification_metrics', 'compute_metrics',
-           'training_arguments', 'LogCallback', 'predict_probabilities', 'write_json_atomic', 'environment_info',
-           'peak_memory', 'wandb_mode', 'start_wandb', 'prepare_output_dir', 'prepare_data', 'train', 'load_run',
-           'predict', 'write_submission']
+__all__ = ['FALLBACK_TRAINING', 'CHECKPOINT_FILES', 'RUN_RECORD_VERSION', 'ConfigError', 'TrainConfig', 'validate_config',
+           'config_to_dict', 'load_config', 'resolve_config', 'WeightedCrossEntropy', 'classification_metrics',
+           'compute_metrics', 'training_arguments', 'LogCallback', 'predict_probabilities', 'write_json_atomic',
+           'environment_info', 'peak_memory', 'wandb_mode', 'start_wandb', 'checkpoint_problem', 'find_checkpoints',
+           'prepare_output_dir', 'prepare_data', 'StepCheckpoints', 'TrainingClock', 'EpochSeededSampler',
+           'ResumableTrainer', 'train', 'load_run', 'predict', 'write_submission']
 
 # %% ../nbs/03_trainer.ipynb #5e1434af
 class ConfigError(ValueError):
@@ -94,6 +97,12 @@ class TrainConfig:
     report_to: str = _opt("none", "experiment tracker: none, wandb or tensorboard", metavar="NAME")
     run_name: str | None = _opt(None, "run name for the tracker", "the output folder's name", "NAME")
     logging_steps: int = _opt(50, "log the training loss every N steps", metavar="N")
+    save_steps: int | None = _opt(None, "also save a checkpoint every N optimizer steps, so that an interrupted run loses at most N steps",
+                                  "only at the end of each epoch", "N")
+    save_total_limit: int = _opt(1, "number of most recent checkpoints kept in OUTPUT_DIR/checkpoints; the best epoch's checkpoint is kept as well",
+                                 metavar="N")
+    resume: bool = _opt(False, "continue the interrupted run in the output folder from its last complete checkpoint; "
+                        "running the same command again on that folder does this too")
     trust_remote_code: bool = _opt(False, "run model code from the checkpoint's repository; leave off unless you trust it")
     overwrite_output_dir: bool = _opt(False, "replace an output folder that contains another run")
 
@@ -101,7 +110,7 @@ class TrainConfig:
 
 # %% ../nbs/03_trainer.ipynb #ff6094f0
 _POSITIVE = ("epochs", "batch_size", "eval_batch_size", "learning_rate", "lora_r", "lora_alpha", "max_length",
-             "max_train_samples", "max_eval_samples", "logging_steps", "max_grad_norm")
+             "max_train_samples", "max_eval_samples", "logging_steps", "max_grad_norm", "save_steps", "save_total_limit")
 _CHOICES = dict(precision=("auto", "fp32", "bf16", "fp16"), report_to=("none", "wandb", "tensorboard"),
                 lr_scheduler=("linear", "cosine", "constant", "constant_with_warmup"))
 
@@ -215,11 +224,12 @@ def training_arguments(
         per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.eval_batch_size,
         learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler, warmup_steps=c.warmup_ratio,
         weight_decay=c.weight_decay, max_grad_norm=c.max_grad_norm,
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=c.save_total_limit, load_best_model_at_end=True,
         metric_for_best_model="f1", greater_is_better=True, logging_strategy="steps", logging_steps=c.logging_steps,
         report_to=c.report_to, run_name=c.run_name or Path(c.output_dir).name, seed=c.seed, data_seed=c.seed,
         train_sampling_strategy="group_by_length" if c.group_by_length else "random",
         remove_unused_columns=False, label_names=["labels"],
+        average_tokens_across_devices=False,  # True would multiply the per-batch mean loss by the process count
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True, dataloader_num_workers=0)
 
@@ -326,21 +336,93 @@ def start_wandb(c: TrainConfig):
                       dir=c.output_dir, mode=mode, config=config_to_dict(c))
 
 # %% ../nbs/03_trainer.ipynb #c86cc9b4
-_RUN_FILES = ("run.json", "train_config.json", "adapter_config.json", "checkpoints")
+CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")  # and rng_state*.pth
 
-def prepare_output_dir(c: TrainConfig) -> Path:
-    "Create the output folder, or raise if it contains another run and overwriting was not requested."
+def checkpoint_problem(
+    path:Path, # a Trainer checkpoint folder, checkpoint-STEP
+) -> str|None: # why it cannot be resumed from, or None when it is complete
+    "Check that a checkpoint folder has every file the `Trainer` writes, with `trainer_state.json` last and readable."
+    missing = [n for n in CHECKPOINT_FILES if not (path / n).is_file()]
+    if not any(path.glob("rng_state*.pth")): missing.append("rng_state.pth")
+    if missing: return f"missing {', '.join(missing)}"
+    try:
+        step = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        return f"unreadable trainer_state.json ({type(e).__name__}: {e})"
+    if path.name != f"checkpoint-{step}": return f"trainer_state.json is at step {step}, not at the folder's step"
+    return None
+
+# %% ../nbs/03_trainer.ipynb #9695c5db
+def find_checkpoints(
+    folder:Path, # the run's checkpoints folder
+) -> tuple[list[Path], dict[Path, str]]: # complete checkpoints by step, and the incomplete ones with the reason
+    "List the complete checkpoints of a folder in step order, and the incomplete ones with what is wrong with each."
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()] if folder.is_dir() else []
+    found.sort(key=lambda p: int(p.name.split("-", 1)[1]))
+    problems = {p: checkpoint_problem(p) for p in found}
+    return [p for p in found if problems[p] is None], {p: reason for p, reason in problems.items() if reason is not None}
+
+# %% ../nbs/03_trainer.ipynb #41a7d07d
+_RUN_FILES = ("run.json", "train_config.json", "adapter_config.json", "checkpoints")
+# None of these fields changes the trained model, so they may differ between an interrupted run and its resumption.
+_RESUME_FREE = ("resume", "overwrite_output_dir", "save_steps", "save_total_limit", "logging_steps", "report_to", "run_name")
+
+def _config_changes(out: Path, c: TrainConfig) -> list[str]:
+    "List the fields of `c` that differ from the interrupted run's train_config.json."
+    path = out / "train_config.json"
+    if not path.is_file(): return [f"{path} is missing"]
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        return [f"{path} is not valid JSON ({e})"]
+    now = json.loads(json.dumps(config_to_dict(c)))
+    return [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in now.items() if k not in _RESUME_FREE and saved.get(k) != v]
+
+def _clear_run(out: Path) -> None:
+    for n in _RUN_FILES:
+        if (out / n).is_dir(): shutil.rmtree(out / n)
+        elif (out / n).exists(): (out / n).unlink()
+
+# %% ../nbs/03_trainer.ipynb #fc6112d5
+def prepare_output_dir(
+    c:TrainConfig, # resolved configuration
+    create:bool=True, # False checks and changes nothing, for the processes other than the main one of a distributed run
+) -> tuple[Path, Path|None]: # the output folder, and the checkpoint to resume from (None for a new run)
+    "Create the output folder, or find the interrupted run's checkpoint in it, raising if it contains a finished or different run."
+    log = logging.getLogger(__name__)
     if not c.output_dir: raise ConfigError("output_dir must be set: the folder that receives the run.")
     out = Path(c.output_dir)
     found = [n for n in _RUN_FILES if (out / n).exists()]
-    if found and not c.overwrite_output_dir:
-        raise ConfigError(f"{out} already contains a run ({', '.join(found)}). Choose another --output-dir, "
-                          "or pass --overwrite-output-dir to replace it.")
-    if found:
-        for n in found:
-            shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if c.overwrite_output_dir or not found:
+        if c.resume and not c.overwrite_output_dir:
+            raise ConfigError(f"resume is set, but {out} contains no interrupted run (no train_config.json or checkpoints). "
+                              "Run without --resume to start a new run there, or give the output folder of the run to resume.")
+        if create:
+            _clear_run(out)
+            out.mkdir(parents=True, exist_ok=True)
+        return out, None
+    if (out / "run.json").exists():
+        nothing_to_resume = ", so there is nothing to resume" if c.resume else ""
+        raise ConfigError(f"{out} already contains a finished run ({', '.join(found)}){nothing_to_resume}. "
+                          "Choose another --output-dir, or pass --overwrite-output-dir to replace it.")
+    changes = _config_changes(out, c)
+    if changes:
+        raise ConfigError(f"{out} contains an interrupted run with another configuration ({'; '.join(changes)}). To resume it, "
+                          f"give its options again (--config {out / 'train_config.json'}); otherwise choose another --output-dir, "
+                          "or pass --overwrite-output-dir to start over.")
+    complete, incomplete = find_checkpoints(out / "checkpoints")
+    for path, reason in incomplete.items():
+        log.warning("deleting the incomplete checkpoint %s (%s): its process stopped while writing it", path, reason)
+        if create: shutil.rmtree(path)
+    if complete:
+        log.info("resuming the interrupted run in %s from %s", out, complete[-1].name)
+        return out, complete[-1]
+    if c.resume:
+        raise ConfigError(f"resume is set, but {out / 'checkpoints'} contains no complete checkpoint: the run stopped before its "
+                          "first one. Run without --resume to start it over, and set --save-steps N to save within an epoch.")
+    log.warning("%s contains an interrupted run without a complete checkpoint: starting it over", out)
+    if create: _clear_run(out)
+    return out, None
 
 # %% ../nbs/03_trainer.ipynb #885b60a2
 def _subset(ds: Dataset, n: int | None) -> Dataset:
@@ -366,6 +448,72 @@ def _log_samples(tokenizer, tokenized: Dataset, n: int = 2) -> None:
     log = logging.getLogger(__name__)
     for row in tokenized.select(range(min(n, len(tokenized)))):
         log.info("training row id %s, label %s: %r", row["id"], row["labels"], tokenizer.decode(row["input_ids"]))
+
+# %% ../nbs/03_trainer.ipynb #fa5b2bb5
+class StepCheckpoints(TrainerCallback):
+    "Save a checkpoint every `save_steps` optimizer steps, besides the `Trainer`'s checkpoint at the end of each epoch."
+    # NOTE: `save_strategy="steps"` would do this, but `load_best_model_at_end` requires it to match `eval_strategy="epoch"`.
+    def __init__(self, save_steps: int): self.save_steps = save_steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.save_steps == 0: control.should_save = True
+
+# %% ../nbs/03_trainer.ipynb #0026d499
+class TrainingClock(TrainerCallback, ExportableState):
+    "Wall time spent in `Trainer.train` over all the processes that trained a run; each checkpoint stores it in trainer_state.json."
+    def __init__(self,
+                 world_size:int=1, # processes that train together
+                 train_wall_s:float=0.0, # seconds trained before this process started, up to the checkpoint it resumes
+                ):
+        self.world_size, self.earlier_s, self._start = world_size, train_wall_s, None
+
+    def start(self) -> None: self._start = time.perf_counter()
+    def session_s(self) -> float: return 0.0 if self._start is None else time.perf_counter() - self._start
+    def state(self) -> dict: return {"args": {"world_size": self.world_size, "train_wall_s": self.earlier_s + self.session_s()}}
+
+# %% ../nbs/03_trainer.ipynb #da6413fd
+def _resume_facts(out: Path, checkpoint: Path, clock: TrainingClock) -> dict:
+    "Read the step and the training time stored in a checkpoint, and check it was written by as many processes as run now."
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    saved = state.get("stateful_callbacks", {}).get("TrainingClock", {}).get("args", {})
+    if saved.get("world_size", clock.world_size) != clock.world_size:
+        raise ConfigError(f"{checkpoint} was written by {saved['world_size']} training processes, and this run has "
+                          f"{clock.world_size}. Resume it with torchrun --nproc_per_node {saved['world_size']} (the batches of "
+                          "each step depend on it), or pass --overwrite-output-dir to start over.")
+    clock.earlier_s = float(saved.get("train_wall_s", 0.0))
+    return {"from_step": state["global_step"], "from_checkpoint": str(checkpoint.relative_to(out)),
+            "train_wall_before_s": round(clock.earlier_s, 2)}
+
+def _distributed_facts(args: TrainingArguments) -> dict:
+    "Describe the processes that trained together and the effective batch size."
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return {"world_size": args.world_size, "backend": torch.distributed.get_backend() if initialized else None,
+            "per_device_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps}
+
+# %% ../nbs/03_trainer.ipynb #12c84e3e
+class EpochSeededSampler(torch.utils.data.Sampler):
+    "Length-grouped batches in an order drawn from the seed and the epoch alone, so that a run resumed mid-epoch trains the same batches."
+    # `LengthGroupedSampler` without a generator draws from the global random state at the start of each epoch, which a
+    # run resumed in a later epoch cannot restore, so its batches would differ from those of the run never interrupted.
+    def __init__(self, sampler: LengthGroupedSampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+        self.sampler.generator = torch.Generator()
+
+    def set_epoch(self, epoch: int) -> None: self.epoch = epoch  # called by the Trainer through Accelerate's data loader
+    def __len__(self) -> int: return len(self.sampler)
+
+    def __iter__(self):
+        self.sampler.generator.manual_seed(self.seed + self.epoch)
+        return iter(self.sampler)
+
+class ResumableTrainer(Trainer):
+    "The `Trainer`, with the length-grouped training order of `EpochSeededSampler`."
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if not isinstance(sampler, LengthGroupedSampler): return sampler
+        return EpochSeededSampler(sampler, self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
 # %% ../nbs/03_trainer.ipynb #5d67600e
 def _timing(trainer: Trainer, train_wall: float, facts: dict, epochs: float) -> dict:
@@ -397,14 +545,19 @@ def _write_predictions(path: Path, rows: Dataset, probs: np.ndarray) -> None:
 def train(
     config:TrainConfig, # the run; `None` fields take the preset's defaults
     callbacks:Sequence[TrainerCallback]=(), # extra `Trainer` callbacks, for example to prune a sweep trial
-) -> dict: # the run record, as written to run.json
+) -> dict|None: # the run record, as written to run.json; None in the other processes of a torchrun job
     "Fine-tune a model with LoRA on the tweets, evaluate it every epoch and write the run folder."
     log = logging.getLogger(__name__)
     c = resolve_config(config)
     if c.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard.")
-    out = prepare_output_dir(c)
     precision = choose_precision(c.precision)
+    args = training_arguments(c, precision)  # under torchrun, this joins the process group
+    is_main = args.process_index == 0  # only this process writes files
+    with args.main_process_first(local=False, desc="checking the output folder"):
+        out, checkpoint = prepare_output_dir(c, create=is_main)
+    clock = TrainingClock(world_size=args.world_size)
+    resumed = _resume_facts(out, checkpoint, clock) if checkpoint else None
     transformers.set_seed(c.seed)
     path, _ = resolve_model(c.model)
     tokenizer = load_tokenizer(path, max_length=c.max_length, trust_remote_code=c.trust_remote_code)
@@ -415,22 +568,27 @@ def train(
                        gradient_checkpointing=bool(c.gradient_checkpointing), load_in_4bit=c.load_in_4bit)
     params = count_parameters(model)
     log.info("config %s", config_to_dict(c))
-    log.info("data %s; parameters %s; precision %s", facts, params, precision)
+    log.info("data %s; parameters %s; precision %s; processes %d", facts, params, precision, args.world_size)
     _log_samples(tokenizer, tokenized["train"])
-    write_json_atomic(out / "train_config.json", config_to_dict(c))
+    if is_main: write_json_atomic(out / "train_config.json", config_to_dict(c))
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
 
-    tracker = start_wandb(c) if c.report_to == "wandb" else None
+    tracker = start_wandb(c) if c.report_to == "wandb" and is_main else None
     try:
-        trainer = Trainer(model=model, args=training_arguments(c, precision), train_dataset=tokenized["train"],
+        trainer = ResumableTrainer(model=model, args=args, train_dataset=tokenized["train"],
                           eval_dataset=tokenized["val"], data_collator=make_collator(tokenizer),
                           compute_loss_func=WeightedCrossEntropy(facts["class_weights"]), compute_metrics=compute_metrics)
         trainer.loss_is_scaled_for_ga = False  # the loss is a per-batch mean: the Trainer scales it for accumulation
         trainer.remove_callback(PrinterCallback)
-        for callback in (LogCallback(), *callbacks): trainer.add_callback(callback)
-        start = time.perf_counter()
-        train_result = trainer.train()
-        timing = _timing(trainer, time.perf_counter() - start, facts, c.epochs)
+        steps = [StepCheckpoints(c.save_steps)] if c.save_steps else []
+        for callback in (LogCallback(), clock, *steps, *callbacks): trainer.add_callback(callback)
+        clock.start()
+        train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        session_wall = clock.session_s()
+        if not is_main: return None
+        timing = _timing(trainer, clock.earlier_s + session_wall, facts, c.epochs)
+        if resumed: resumed["train_wall_this_process_s"] = round(session_wall, 2)
+        # The main process predicts every validation row with the unwrapped model, so the metrics cover the whole split.
         start = time.perf_counter()
         probs = predict_probabilities(trainer.model, tokenized["val"], make_collator(tokenizer), c.eval_batch_size)
         eval_wall = time.perf_counter() - start
@@ -445,7 +603,8 @@ def train(
     tokenizer.save_pretrained(out)
     _write_trainer_files(out, trainer, train_result.metrics, metrics)
     _write_predictions(out / "val_predictions.csv", raw["val"], probs)
-    record = _run_record(c, model, params, facts, metrics, timing, memory, precision, trainer)
+    record = _run_record(c, model, params, facts, metrics, timing, memory, precision, trainer,
+                         distributed=_distributed_facts(args), resumed=resumed)
     write_json_atomic(out / "run.json", record)
     log.info("run written to %s: F1 %.4f in %.1f s", out, metrics["f1"], timing["train_wall_s"])
     return record
@@ -453,7 +612,7 @@ def train(
 # %% ../nbs/03_trainer.ipynb #0d373cd3
 RUN_RECORD_VERSION = 1
 
-def _run_record(c, model, params, facts, metrics, timing, memory, precision, trainer) -> dict:
+def _run_record(c, model, params, facts, metrics, timing, memory, precision, trainer, distributed=None, resumed=None) -> dict:
     "Assemble the run record written to run.json."
     history = [{"epoch": l["epoch"], **{k[5:]: l[k] for k in ("eval_f1", "eval_precision", "eval_recall", "eval_accuracy", "eval_loss")}}
                for l in trainer.state.log_history if "eval_f1" in l]
@@ -464,7 +623,7 @@ def _run_record(c, model, params, facts, metrics, timing, memory, precision, tra
                       "preset": c.model if c.model in PRESETS else None},
             "config": config_to_dict(c), "seed": c.seed, "data": facts,
             "metrics": metrics, "best_epoch": best["epoch"] if best else None, "history": history,
-            "timing": timing, "peak_memory": memory,
+            "timing": timing, "peak_memory": memory, "distributed": distributed, "resumed": resumed,
             "parameters": {**dataclasses.asdict(params), "share": params.share},
             "environment": environment_info(),
             "files": {"adapter": "adapter_model.safetensors", "predictions": "val_predictions.csv",

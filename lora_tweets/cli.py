@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "same command again after an interruption trains only the missing trials, and several processes or "
                        "machines pointed at one storage share the work.")
     p.add_argument("--config", metavar="FILE", help="JSON configuration of every trial; options given here replace its values")
-    add_config_options(p)
+    add_config_options(p, skip=("resume",))  # each trial is a new run; a sweep resumes by running the missing trials
     p.add_argument("--trials", type=int, required=True, metavar="N",
                    help="number of finished trials the sweep ends with (optuna), or the run cap of the W&B sweep (required)")
     p.add_argument("--backend", choices=BACKENDS, default="optuna",

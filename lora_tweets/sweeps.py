@@ -385,7 +385,8 @@ class PruningCallback(TrainerCallback):
 _SWEEP_FILE = "sweep.json"
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-_NOT_COMPARED = ("output_dir", "data", "run_name", "overwrite_output_dir", "report_to", "logging_steps")  # may differ between workers
+_NOT_COMPARED = ("output_dir", "data", "run_name", "overwrite_output_dir", "report_to", "logging_steps", "resume", "save_steps",
+                 "save_total_limit")  # may differ between workers: they change no trial's result
 
 class _SurplusTrial(Exception):
     "Raised by a trial that another worker's trials make unnecessary."
@@ -461,7 +462,7 @@ def _make_objective(study: optuna.Study, sweep_dir: Path, base: TrainConfig, spa
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "trial.json", link)
-        config = dataclasses.replace(base, **params, output_dir=str(run_dir), run_name=f"{study.study_name}-{run_dir.name}")
+        config = dataclasses.replace(base, **params, output_dir=str(run_dir), run_name=f"{study.study_name}-{run_dir.name}", resume=False)
         log.info("trial %d%s: %s", trial.number, f" (retry of trial {retry_of})" if retry_of is not None else "", params)
         pruning = PruningCallback(trial)
         try:

@@ -519,7 +519,7 @@ def predict(
     model, tokenizer, c = load_run(run_dir)
     rows = _rows_to_predict(data, split, texts)
     tokenized = tokenize_dataset(rows, tokenizer, max_length=c.max_length)
-    probs = predict_probabilities(model, tokenized, make_collator(tokenizer), batch_size)
+    probs = predict_probabilities(model, tokenized, make_collator(tokenizer), batch_size, choose_precision(c.precision))
     out = pd.DataFrame({"id": rows["id"], "prediction": probs.argmax(-1)})
     out["label"] = [LABEL_NAMES[i] for i in out["prediction"]]
     for i, n in enumerate(LABEL_NAMES): out[f"prob_{n.replace(' ', '_')}"] = probs[:, i].astype("float64")

@@ -5,6 +5,7 @@
 # %% ../nbs/02_models.ipynb #4322edd5
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -22,10 +23,10 @@ from .tokenizers import get_tokenizer_policy, minilm_folder
 
 # %% auto #0
 __all__ = ['FAMILIES', 'PRESETS', 'PRECISIONS', 'ModelError', 'LoraSettings', 'ModelFamily', 'model_family', 'ModelPreset',
-           'resolve_model', 'choose_precision', 'default_device', 'lora_config', 'wrap_lora', 'load_base_model',
-           'load_model', 'ParamCount', 'count_parameters', 'preset_config', 'count_config_parameters',
-           'count_model_parameters', 'build_tiny_model', 'enable_gradient_checkpointing', 'check_4bit_support',
-           'bnb_4bit_config']
+           'resolve_model', 'choose_precision', 'cpu_supports_bf16', 'default_device', 'weight_dtype',
+           'compute_autocast', 'lora_config', 'wrap_lora', 'load_base_model', 'load_model', 'ParamCount',
+           'count_parameters', 'preset_config', 'count_config_parameters', 'count_model_parameters', 'build_tiny_model',
+           'enable_gradient_checkpointing', 'check_4bit_support', 'bnb_4bit_config']
 
 # %% ../nbs/02_models.ipynb #523fd248
 class ModelError(ValueError):
@@ -165,8 +166,9 @@ def choose_precision(
     requested:str="auto", # auto, fp32, bf16 or fp16
     device:str|None=None, # cuda, mps or cpu; default: cuda when available, else mps, else cpu
     capability:tuple[int, int]|None=None, # CUDA compute capability; default: read from the GPU
+    cpu_bf16:bool|None=None, # whether the CPU has native bfloat16 instructions; default: `cpu_supports_bf16()`
 ) -> str: # fp32, bf16 or fp16
-    "Choose the precision of the weights for a device, or raise if the requested one is not supported there."
+    "Choose the training precision for a device, or raise if the requested one is not supported there."
     if requested not in ("auto", *PRECISIONS): raise ModelError(f"precision {requested!r} is not one of auto, fp32, bf16, fp16.")
     device = device or default_device()
     if device == "cuda":
@@ -176,8 +178,29 @@ def choose_precision(
             raise ModelError(f"bf16 needs a GPU of compute capability 8.0 or newer; this one is {capability[0]}.{capability[1]}. "
                              "Use --precision fp16 or fp32.")
         return best if requested == "auto" else requested
-    if requested in ("auto", "fp32"): return "fp32"
+    if requested == "fp32": return "fp32"
+    if device == "cpu" and requested in ("auto", "bf16"):
+        native = cpu_supports_bf16() if cpu_bf16 is None else cpu_bf16
+        if native: return "bf16"
+        if requested == "auto": return "fp32"
+        raise ModelError("bf16 on a CPU needs the avx512_bf16 or amx_bf16 instructions, which this CPU lacks; "
+                         "use --precision fp32 (the default there).")
+    if requested == "auto": return "fp32"
     raise ModelError(f"{requested} is not supported for training on {device}; use --precision fp32 (the default there).")
+
+# %% ../nbs/02_models.ipynb #a20cb0aa
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags of native bfloat16 dot products in /proc/cpuinfo
+
+def cpu_supports_bf16(
+    cpuinfo:str|Path="/proc/cpuinfo", # Linux CPU description to read the flags from
+) -> bool:
+    "Check whether the CPU has native bfloat16 instructions; False where `cpuinfo` cannot be read (macOS, Windows)."
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
+    return any(f in flags for f in _CPU_BF16_FLAGS)
 
 # %% ../nbs/02_models.ipynb #960d8ac0
 def default_device() -> str:
@@ -185,6 +208,26 @@ def default_device() -> str:
     if torch.cuda.is_available(): return "cuda"
     if torch.backends.mps.is_available(): return "mps"
     return "cpu"
+
+# %% ../nbs/02_models.ipynb #e6b9e6a6
+def weight_dtype(
+    precision:str, # fp32, bf16 or fp16, from `choose_precision`
+    device:str|None=None, # cuda, mps or cpu; default: `default_device()`
+) -> torch.dtype:
+    "Return the dtype to load weights in: float32 for bf16 on a CPU, where autocast lowers the compute, else the precision's dtype."
+    if (device or default_device()) == "cpu" and precision == "bf16": return torch.float32
+    return PRECISIONS[precision]
+
+# %% ../nbs/02_models.ipynb #78fa5750
+def compute_autocast(
+    precision:str, # fp32, bf16 or fp16, from `choose_precision`
+    device:str|None=None, # cuda, mps or cpu; default: `default_device()`
+):
+    "Return the context manager that runs a forward pass in `precision`: bf16 autocast on a CPU, else a no-op."
+    # On a GPU the weights are already loaded in the precision's dtype, so nothing needs casting.
+    if (device or default_device()) == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 # %% ../nbs/02_models.ipynb #1e5e7c82
 def lora_config(
@@ -246,7 +289,7 @@ def load_base_model(
         raise ModelError(f"the tokenizer of {name} has no pad token; load it with load_tokenizer, which sets one.")
     config.pad_token_id = tokenizer.pad_token_id
     if hasattr(config, "use_cache"): config.use_cache = False  # a classifier never generates, so a KV cache only costs memory
-    dtype = PRECISIONS[choose_precision(precision, device)]
+    dtype = weight_dtype(choose_precision(precision, device), device)
     quantized = {}
     if load_in_4bit:
         # bitsandbytes quantizes while loading, so the weights go straight to the GPU that trains them

@@ -35,8 +35,8 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .data import (LABEL_NAMES, DataError, check_tweets, class_weights, load_tweets, read_tweets_csv)
-from .models import (PRESETS, LoraSettings, ModelError, choose_precision, count_parameters, default_device,
-                                load_base_model, load_model, resolve_model)
+from .models import (PRESETS, LoraSettings, ModelError, choose_precision, compute_autocast, count_parameters,
+                                default_device, load_base_model, load_model, resolve_model)
 from .tokenizers import load_tokenizer, make_collator, tokenize_dataset
 
 # %% auto #0
@@ -247,14 +247,16 @@ def predict_probabilities(
     tokenized:Dataset, # tokenized rows with `input_ids` and `length`
     collator, # from `make_collator`
     batch_size:int=64, # rows per batch
+    precision:str|None=None, # fp32, bf16 or fp16 (bf16 on a CPU runs under autocast); default: `choose_precision("auto")`
 ) -> np.ndarray: # probabilities, shape (rows, labels), in dataset order
     "Predict class probabilities for every row, in dataset order."
     order = np.argsort(np.asarray(tokenized["length"]), kind="stable")[::-1]
     device = next(model.parameters()).device
+    precision = precision or choose_precision("auto", device.type)
     was_training = model.training
     model.eval()
     probs = np.zeros((len(tokenized), model.config.num_labels), dtype="float32")
-    with torch.inference_mode():
+    with torch.inference_mode(), compute_autocast(precision, device.type):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = collator([tokenized[int(i)] for i in idx])
@@ -590,7 +592,7 @@ def train(
         if resumed: resumed["train_wall_this_process_s"] = round(session_wall, 2)
         # The main process predicts every validation row with the unwrapped model, so the metrics cover the whole split.
         start = time.perf_counter()
-        probs = predict_probabilities(trainer.model, tokenized["val"], make_collator(tokenizer), c.eval_batch_size)
+        probs = predict_probabilities(trainer.model, tokenized["val"], make_collator(tokenizer), c.eval_batch_size, precision)
         eval_wall = time.perf_counter() - start
         timing["eval_wall_s"] = round(eval_wall, 2)
         timing["eval_samples_per_s"] = round(len(probs) / max(eval_wall, 1e-9), 1)  # unrounded: tiny sets take under 5 ms
@@ -676,7 +678,7 @@ def predict(
     model, tokenizer, c = load_run(run_dir)
     rows = _rows_to_predict(data, split, texts)
     tokenized = tokenize_dataset(rows, tokenizer, max_length=c.max_length)
-    probs = predict_probabilities(model, tokenized, make_collator(tokenizer), batch_size)
+    probs = predict_probabilities(model, tokenized, make_collator(tokenizer), batch_size, choose_precision(c.precision))
     out = pd.DataFrame({"id": rows["id"], "prediction": probs.argmax(-1)})
     out["label"] = [LABEL_NAMES[i] for i in out["prediction"]]
     for i, n in enumerate(LABEL_NAMES): out[f"prob_{n.replace(' ', '_')}"] = probs[:, i].astype("float64")

@@ -93,7 +93,8 @@ class TrainConfig:
     group_by_length: bool = _opt(True, "batch rows of similar length together, which cuts padding")
     gradient_checkpointing: bool | None = _opt(None, "recompute activations in the backward pass to save memory")
     load_in_4bit: bool = _opt(False, "load the frozen base weights in 4-bit NF4 with bitsandbytes (QLoRA); needs a CUDA GPU and the bitsandbytes package")
-    precision: str = _opt("auto", "weights and compute precision: auto, fp32, bf16 or fp16", metavar="NAME")
+    precision: str = _opt("auto", "numeric precision: auto, fp32, bf16 or fp16; auto picks bf16 on GPUs that support it and on "
+                            "CPUs with native bfloat16 (autocast over fp32 weights), fp16 on older GPUs, else fp32", metavar="NAME")
     report_to: str = _opt("none", "experiment tracker: none, wandb or tensorboard", metavar="NAME")
     run_name: str | None = _opt(None, "run name for the tracker", "the output folder's name", "NAME")
     logging_steps: int = _opt(50, "log the training loss every N steps", metavar="N")

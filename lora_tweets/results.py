@@ -806,6 +806,7 @@ OUTPUT_NOISE = {
     "progress bar": re.compile(r"(?:it/s|s/it)\]|\d+/\d+ \[\d\d:\d\d<"),
     "absolute path": re.compile(r"(?<![\w.~-])/(?:root|home|Users|tmp|work)/"),
     "memory address": re.compile(r"\bat 0x[0-9a-fA-F]{4,}"),
+    "import banner": re.compile(r"^\[INFO\] Running in WANDB offline mode"),  # printed by transformers on import when WANDB_MODE=offline
 }  # kind of noise -> pattern searched in saved outputs
 
 def _output_texts(output: Mapping) -> list[str]:
@@ -818,7 +819,7 @@ def _output_texts(output: Mapping) -> list[str]:
 def find_output_noise(
     notebooks:str|Path|Sequence[str|Path], # notebooks, or folders of notebooks
 ) -> pd.DataFrame: # notebook, cell, kind, count (matching lines) and the first matching line, one row per cell and kind
-    "Find progress bars, absolute paths and memory addresses in the saved outputs of notebooks."
+    "Find progress bars, absolute paths, memory addresses and import banners in the saved outputs of notebooks."
     rows = []
     for path in _notebook_paths(notebooks):
         for i, cell in _code_cells(path):

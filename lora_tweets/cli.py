@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "same command again after an interruption trains only the missing trials, and several processes or "
                        "machines pointed at one storage share the work.")
     p.add_argument("--config", metavar="FILE", help="JSON configuration of every trial; options given here replace its values")
-    add_config_options(p, skip=("resume",))  # each trial is a new run; a sweep resumes by running the missing trials
+    add_config_options(p, skip=("resume",))  # each trial is a new run, so a sweep resumes by running its missing trials
     p.add_argument("--trials", type=int, required=True, metavar="N",
                    help="number of finished trials the sweep ends with (optuna), or the run cap of the W&B sweep (required)")
     p.add_argument("--backend", choices=BACKENDS, default="optuna",
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruner", choices=["none", "median"], default="none",
                    help="optuna only: stop a trial whose F1 after an epoch is below the median of earlier trials (default: none)")
     p.add_argument("--sampler-seed", type=int, default=42, metavar="SEED",
-                   help="optuna only: seed of the TPE sampler; the training seed is --seed (default: 42)")
+                   help="optuna only: seed of the TPE sampler, not of training, which --seed sets (default: 42)")
     p.set_defaults(func=run_sweep_command)
 
     p = sub.add_parser("predict", help="predict with a trained run",
@@ -277,7 +277,7 @@ def configure_logging(
     if level != "DEBUG":
         transformers.utils.logging.set_verbosity_error()
         datasets.disable_progress_bars()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise; lora_tweets logs each trial's F1
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # Optuna logs a line per trial, and lora_tweets already logs each trial's F1
         # PEFT 0.21 calls a transformers 5 method that is deprecated; the warning is PEFT's, not the user's.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 

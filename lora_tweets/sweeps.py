@@ -37,7 +37,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from transformers import TrainerCallback
 
-from .trainer import ConfigError, TrainConfig, config_to_dict, resolve_config, train, write_json_atomic
+from .trainer import (RESULT_NEUTRAL_FIELDS, ConfigError, TrainConfig, config_to_dict, resolve_config, train,
+                                  write_json_atomic)
 
 # %% auto #0
 __all__ = ['OBJECTIVE_METRIC', 'TRAINER_METRIC', 'WANDB_METRIC', 'STUDY_SPACE', 'MINILM_SPACE', 'SPACES', 'BACKENDS',
@@ -385,8 +386,7 @@ class PruningCallback(TrainerCallback):
 _SWEEP_FILE = "sweep.json"
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-_NOT_COMPARED = ("output_dir", "data", "run_name", "overwrite_output_dir", "report_to", "logging_steps", "resume", "save_steps",
-                 "save_total_limit")  # may differ between workers: they change no trial's result
+_NOT_COMPARED = ("output_dir", "data", *RESULT_NEUTRAL_FIELDS)  # may differ between workers, because they change no trial's result
 
 class _SurplusTrial(Exception):
     "Raised by a trial that another worker's trials make unnecessary."

@@ -40,12 +40,12 @@ from .models import (PRESETS, LoraSettings, ModelError, choose_precision, comput
 from .tokenizers import load_tokenizer, make_collator, tokenize_dataset
 
 # %% auto #0
-__all__ = ['FALLBACK_TRAINING', 'CHECKPOINT_FILES', 'RUN_RECORD_VERSION', 'ConfigError', 'TrainConfig', 'validate_config',
-           'config_to_dict', 'load_config', 'resolve_config', 'WeightedCrossEntropy', 'classification_metrics',
-           'compute_metrics', 'training_arguments', 'LogCallback', 'predict_probabilities', 'write_json_atomic',
-           'environment_info', 'peak_memory', 'wandb_mode', 'start_wandb', 'checkpoint_problem', 'find_checkpoints',
-           'prepare_output_dir', 'prepare_data', 'StepCheckpoints', 'TrainingClock', 'EpochSeededSampler',
-           'ResumableTrainer', 'train', 'load_run', 'predict', 'write_submission']
+__all__ = ['FALLBACK_TRAINING', 'CHECKPOINT_FILES', 'RESULT_NEUTRAL_FIELDS', 'RUN_RECORD_VERSION', 'ConfigError', 'TrainConfig',
+           'validate_config', 'config_to_dict', 'load_config', 'resolve_config', 'WeightedCrossEntropy',
+           'classification_metrics', 'compute_metrics', 'training_arguments', 'LogCallback', 'predict_probabilities',
+           'write_json_atomic', 'environment_info', 'peak_memory', 'wandb_mode', 'start_wandb', 'checkpoint_problem',
+           'find_checkpoints', 'prepare_output_dir', 'prepare_data', 'StepCheckpoints', 'TrainingClock',
+           'EpochSeededSampler', 'ResumableTrainer', 'train', 'load_run', 'predict', 'write_submission']
 
 # %% ../nbs/03_trainer.ipynb #5e1434af
 class ConfigError(ValueError):
@@ -368,7 +368,7 @@ def find_checkpoints(
 # %% ../nbs/03_trainer.ipynb #41a7d07d
 _RUN_FILES = ("run.json", "train_config.json", "adapter_config.json", "checkpoints")
 # None of these fields changes the trained model, so they may differ between an interrupted run and its resumption.
-_RESUME_FREE = ("resume", "overwrite_output_dir", "save_steps", "save_total_limit", "logging_steps", "report_to", "run_name")
+RESULT_NEUTRAL_FIELDS = ("resume", "overwrite_output_dir", "save_steps", "save_total_limit", "logging_steps", "report_to", "run_name")
 
 def _config_changes(out: Path, c: TrainConfig) -> list[str]:
     "List the fields of `c` that differ from the interrupted run's train_config.json."
@@ -379,7 +379,7 @@ def _config_changes(out: Path, c: TrainConfig) -> list[str]:
     except json.JSONDecodeError as e:
         return [f"{path} is not valid JSON ({e})"]
     now = json.loads(json.dumps(config_to_dict(c)))
-    return [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in now.items() if k not in _RESUME_FREE and saved.get(k) != v]
+    return [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in now.items() if k not in RESULT_NEUTRAL_FIELDS and saved.get(k) != v]
 
 def _clear_run(out: Path) -> None:
     for n in _RUN_FILES:

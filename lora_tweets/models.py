@@ -15,18 +15,21 @@ import torch
 from accelerate import init_empty_weights
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from transformers import (AutoConfig, AutoModelForSequenceClassification, BitsAndBytesConfig, PreTrainedConfig,
-                          PreTrainedModel)
+from transformers import (AttentionInterface, AutoConfig, AutoModelForSequenceClassification, BitsAndBytesConfig,
+                          PreTrainedConfig, PreTrainedModel)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .data import LABEL_NAMES
 from .tokenizers import get_tokenizer_policy, minilm_folder
 
 # %% auto #0
-__all__ = ['FAMILIES', 'PRESETS', 'PRECISIONS', 'ModelError', 'LoraSettings', 'ModelFamily', 'model_family', 'ModelPreset',
-           'resolve_model', 'choose_precision', 'cpu_supports_bf16', 'default_device', 'weight_dtype',
-           'compute_autocast', 'lora_config', 'wrap_lora', 'load_base_model', 'load_model', 'ParamCount',
-           'count_parameters', 'preset_config', 'count_config_parameters', 'count_model_parameters', 'build_tiny_model',
-           'enable_gradient_checkpointing', 'check_4bit_support', 'bnb_4bit_config']
+__all__ = ['FAMILIES', 'PRESETS', 'PRECISIONS', 'FAST_DROPOUT_ATTENTION', 'ModelError', 'LoraSettings', 'ModelFamily',
+           'model_family', 'ModelPreset', 'resolve_model', 'choose_precision', 'cpu_supports_bf16', 'default_device',
+           'weight_dtype', 'compute_autocast', 'fast_dropout', 'FastDropout', 'eager_fast_dropout_attention',
+           'use_fast_dropout', 'cast_frozen_linears', 'lora_config', 'wrap_lora', 'load_base_model', 'load_model',
+           'ParamCount', 'count_parameters', 'preset_config', 'count_config_parameters', 'count_model_parameters',
+           'build_tiny_model', 'enable_gradient_checkpointing', 'check_4bit_support', 'bnb_4bit_config']
 
 # %% ../nbs/02_models.ipynb #523fd248
 class ModelError(ValueError):
@@ -229,6 +232,83 @@ def compute_autocast(
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
+# %% ../nbs/02_models.ipynb #fbea9e61
+_INT16_VALUES = 1 << 16  # the number of 16-bit integers, which sets the resolution of p
+
+def fast_dropout(
+    x:torch.Tensor, # activations
+    p:float, # probability of zeroing an element, rounded to a multiple of 2**-16
+) -> torch.Tensor:
+    "Zero each element of `x` with probability `p` and scale the others by 1/(1 - p), drawing four masks per 64-bit random number."
+    if not 0 <= p < 1: raise ValueError(f"dropout probability must be at least 0 and below 1, got {p}.")
+    cut = round(p * _INT16_VALUES)
+    if cut == 0: return x
+    n = x.numel()
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
+    drop = draws.view(torch.int16)[:n].view(x.shape) < cut - _INT16_VALUES // 2  # int16 is uniform on [-2**15, 2**15)
+    return (x * (_INT16_VALUES / (_INT16_VALUES - cut))).masked_fill_(drop, 0)
+
+# %% ../nbs/02_models.ipynb #9c7bf83b
+class FastDropout(torch.nn.Dropout):
+    "An `nn.Dropout` that draws its mask with `fast_dropout`."
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p) if self.training and self.p > 0 else x
+
+# %% ../nbs/02_models.ipynb #419d752f
+FAST_DROPOUT_ATTENTION = "eager_fast_dropout"  # the name under which transformers finds `eager_fast_dropout_attention`
+
+def eager_fast_dropout_attention(
+    module:torch.nn.Module, # the attention layer; its `training` flag and `num_key_value_groups` are read
+    query:torch.Tensor, # (batch, heads, query length, head size)
+    key:torch.Tensor, # (batch, key-value heads, key length, head size)
+    value:torch.Tensor, # like `key`
+    attention_mask:torch.Tensor|None, # additive float mask from transformers' eager mask, or None for no mask
+    scaling:float|None=None, # factor of the scores; default: 1/sqrt(head size)
+    dropout:float=0.0, # dropout probability on the attention probabilities
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor|None]: # output (batch, query length, heads, head size) and the probabilities
+    "Attention for transformers' `AttentionInterface`: eager with `fast_dropout` in training, PyTorch's SDPA in evaluation."
+    if not module.training:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=0.0, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1: key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None: scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    probs = fast_dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype), dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+AttentionInterface.register(FAST_DROPOUT_ATTENTION, eager_fast_dropout_attention)
+AttentionMaskInterface.register(FAST_DROPOUT_ATTENTION, eager_mask)  # the additive float mask, as for eager attention
+
+# %% ../nbs/02_models.ipynb #eff4469c
+def use_fast_dropout(
+    model:torch.nn.Module, # a transformers model, before or after LoRA wrapping
+) -> int: # the number of dropout modules replaced
+    "Replace every `nn.Dropout` of `model` with a `FastDropout` and switch its attention to `eager_fast_dropout`."
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, inplace=child.inplace).train(child.training))
+                replaced += 1
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if base.config._attn_implementation in ("sdpa", "eager"): base.set_attn_implementation(FAST_DROPOUT_ATTENTION)
+    return replaced
+
+# %% ../nbs/02_models.ipynb #76f712f0
+def cast_frozen_linears(
+    model:torch.nn.Module, # a model that runs under `compute_autocast`
+    dtype:torch.dtype=torch.bfloat16, # the dtype autocast computes in
+) -> int: # the number of layers cast
+    "Store the linear layers of `model` that do not train in `dtype`, which autocast would otherwise cast them to at every call."
+    cast = 0
+    for module in model.modules():
+        # PEFT's LoRA layers wrap an nn.Linear; 4-bit layers subclass it and keep their own storage.
+        if type(module) is torch.nn.Linear and module.weight.dtype != dtype and not any(p.requires_grad for p in module.parameters()):
+            module.to(dtype)
+            cast += 1
+    return cast
+
 # %% ../nbs/02_models.ipynb #1e5e7c82
 def lora_config(
     lora:LoraSettings, # LoRA hyperparameters
@@ -313,6 +393,7 @@ def load_model(
     trust_remote_code:bool=False, # run model code from the checkpoint's repository (off unless you trust it)
     gradient_checkpointing:bool=False, # recompute activations in the backward pass (non-reentrant) to save memory
     load_in_4bit:bool=False, # QLoRA: load the frozen weights in 4-bit NF4 with bitsandbytes; needs a CUDA GPU
+    cpu_fast_dropout:bool=True, # on a CPU, draw dropout masks with `fast_dropout` (see `use_fast_dropout`)
 ) -> PeftModel:
     "Load a model for two-label sequence classification and wrap it with LoRA."
     base = load_base_model(name, tokenizer, precision=precision, device=device, trust_remote_code=trust_remote_code,
@@ -322,6 +403,7 @@ def load_model(
     lora = lora or (preset.lora if preset else LoraSettings())
     model = wrap_lora(base, lora_config(lora, family))
     _keep_trainable_fp32(model)
+    if cpu_fast_dropout and (device or default_device()) == "cpu": use_fast_dropout(model)
     counts = count_parameters(model)
     logging.getLogger(__name__).info("loaded %s (%s, %s%s): %s", name, family.model_type, base.dtype,
                                      ", 4-bit NF4 base" if load_in_4bit else "", counts)

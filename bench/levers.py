@@ -1,7 +1,8 @@
 """Measure one training speed lever at a time: LoRA training steps and prediction on real tweets, in one process.
 
-lora_tweets' MiniLM default trains with batch 32, length-grouped batches, no gradient checkpointing, SDPA attention,
-`--threads` torch threads (by default one per core) and bf16 autocast. Each training variant changes one of these
+lora_tweets' MiniLM default trains with batch 32, length-grouped batches, no gradient checkpointing, `--threads`
+torch threads (by default one per core), bf16 autocast with the frozen linear layers stored in bfloat16, and dropout
+masks drawn by `fast_dropout` (with `eager_fast_dropout` attention, which runs SDPA when nothing is dropped). Each training variant changes one of these
 settings and trains `--rows` fixed training tweets for one pass: forward, weighted loss, backward and an AdamW step,
 without the Trainer. The first batch of each pass is a warm-up and is not timed. The variants run in turn,
 `--rounds` times, so that a slow spell of a shared machine hits all of them, and the table gives the median
@@ -28,19 +29,21 @@ import numpy as np
 import torch
 
 from lora_tweets.data import class_weights, load_tweets
-from lora_tweets.models import cpu_supports_bf16, load_model, resolve_model
+from lora_tweets.models import cast_frozen_linears, cpu_supports_bf16, load_model, resolve_model
 from lora_tweets.tokenizers import load_tokenizer, make_collator, padded_tokens_per_epoch, tokenize_dataset
 
-BASE = dict(batch_size=32, order="grouped", checkpointing=False, attention="sdpa", threads=None, bf16=True,
-            compile=False)
+BASE = dict(batch_size=32, order="grouped", checkpointing=False, attention=None, threads=None, bf16=True,
+            compile=False, fast_dropout=True, cast=True)
 TRAIN_VARIANTS = {
     "default (bf16 autocast, batch 32, grouped)": {},
+    "PyTorch's dropout and SDPA": dict(fast_dropout=False),
+    "frozen linear layers in float32": dict(cast=False),
     "fp32": dict(bf16=False),
     "batch 16": dict(batch_size=16),
     "batch 64": dict(batch_size=64),
     "random batch order": dict(order="random"),
     "gradient checkpointing": dict(checkpointing=True),
-    "eager attention": dict(attention="eager"),
+    "transformers' eager attention": dict(attention="eager"),
 }
 PREDICT_VARIANTS = {
     "fp32, no_grad, dataset order": dict(bf16=False, sort=False, inference_mode=False),
@@ -62,10 +65,12 @@ def batches(rows: list[dict], lengths: np.ndarray, batch_size: int, order: str, 
 
 
 def build_model(tokenizer, variant: dict):
-    "Load MiniLM with the preset's LoRA, with or without checkpointing, in the requested attention implementation."
+    "Load MiniLM with the preset's LoRA as the variant asks: checkpointing, dropout, attention, frozen weights' dtype."
     torch.manual_seed(0)
-    model = load_model("minilm", tokenizer, precision="fp32", gradient_checkpointing=variant["checkpointing"])
-    model.base_model.model.config._attn_implementation = variant["attention"]
+    model = load_model("minilm", tokenizer, precision="fp32", device="cpu", gradient_checkpointing=variant["checkpointing"],
+                       cpu_fast_dropout=variant["fast_dropout"])
+    if variant["attention"]: model.base_model.model.config._attn_implementation = variant["attention"]
+    if variant["bf16"] and variant["cast"]: cast_frozen_linears(model)
     if variant["compile"]: model = torch.compile(model, dynamic=True)
     return model
 
@@ -162,7 +167,8 @@ def main(argv=None) -> None:
             train_runs[name].append(time_training(models[name], data, weights, variant))
             print(f"round {round_number + 1} {name}: {train_runs[name][-1]['samples_per_s']:.1f} samples/s", flush=True)
         for name, variant in PREDICT_VARIANTS.items():
-            predict_runs[name].append(time_prediction(models[next(iter(models))], val_rows, val_lengths, collator, variant))
+            predict_runs[name].append(time_prediction(models["frozen linear layers in float32"], val_rows, val_lengths,
+                                                      collator, variant))
 
     base_name = next(iter(variants))
     base = statistics.median(r["samples_per_s"] for r in train_runs[base_name])

@@ -284,7 +284,7 @@ AttentionMaskInterface.register(FAST_DROPOUT_ATTENTION, eager_mask)  # the addit
 def use_fast_dropout(
     model:torch.nn.Module, # a transformers model, before or after LoRA wrapping
 ) -> int: # the number of dropout modules replaced
-    "Replace every `nn.Dropout` of `model` with a `FastDropout` and switch its attention to `eager_fast_dropout`."
+    "Replace every `nn.Dropout` of `model` with a `FastDropout` and switch its SDPA or eager attention to `eager_fast_dropout`."
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -292,7 +292,9 @@ def use_fast_dropout(
                 setattr(parent, name, FastDropout(child.p, inplace=child.inplace).train(child.training))
                 replaced += 1
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    if base.config._attn_implementation in ("sdpa", "eager"): base.set_attn_implementation(FAST_DROPOUT_ATTENTION)
+    # Models whose attention does not go through transformers' AttentionInterface keep their own.
+    if getattr(base, "_supports_attention_backend", False) and base.config._attn_implementation in ("sdpa", "eager"):
+        base.set_attn_implementation(FAST_DROPOUT_ATTENTION)
     return replaced
 
 # %% ../nbs/02_models.ipynb #76f712f0

@@ -122,7 +122,7 @@ _STUDY_TRAINING = dict(learning_rate=1e-4, batch_size=8, epochs=5, max_length=51
 PRESETS = {p.name: p for p in (
     ModelPreset("minilm", "sentence-transformers/all-MiniLM-L6-v2", "bert",
                 LoraSettings(r=16, alpha=32, dropout=0.1, target_modules=("query", "value", "pooler.dense")),
-                dict(learning_rate=2e-3, batch_size=32, epochs=2, max_length=128, lr_scheduler="linear",
+                dict(learning_rate=2e-3, batch_size=32, epochs=3, max_length=128, lr_scheduler="linear",
                      warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, gradient_checkpointing=False),
                 "MiniLM-L6 (22.7M parameters), the CPU default", _ARCHITECTURES["minilm"]),
     ModelPreset("roberta-large", "FacebookAI/roberta-large", "roberta", LoraSettings(r=2, alpha=16, dropout=0.1),

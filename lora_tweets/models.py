@@ -26,10 +26,11 @@ from .tokenizers import get_tokenizer_policy, minilm_folder
 # %% auto #0
 __all__ = ['FAMILIES', 'PRESETS', 'PRECISIONS', 'FAST_DROPOUT_ATTENTION', 'ModelError', 'LoraSettings', 'ModelFamily',
            'model_family', 'ModelPreset', 'resolve_model', 'choose_precision', 'cpu_supports_bf16', 'default_device',
-           'weight_dtype', 'compute_autocast', 'fast_dropout', 'FastDropout', 'eager_fast_dropout_attention',
-           'use_fast_dropout', 'cast_frozen_linears', 'lora_config', 'wrap_lora', 'load_base_model', 'load_model',
-           'ParamCount', 'count_parameters', 'preset_config', 'count_config_parameters', 'count_model_parameters',
-           'build_tiny_model', 'enable_gradient_checkpointing', 'check_4bit_support', 'bnb_4bit_config']
+           'uses_cpu_autocast', 'weight_dtype', 'compute_autocast', 'fast_dropout', 'FastDropout',
+           'eager_fast_dropout_attention', 'use_fast_dropout', 'cast_frozen_linears', 'lora_config', 'wrap_lora',
+           'load_base_model', 'load_model', 'ParamCount', 'count_parameters', 'preset_config',
+           'count_config_parameters', 'count_model_parameters', 'build_tiny_model', 'enable_gradient_checkpointing',
+           'check_4bit_support', 'bnb_4bit_config']
 
 # %% ../nbs/02_models.ipynb #523fd248
 class ModelError(ValueError):
@@ -213,12 +214,19 @@ def default_device() -> str:
     return "cpu"
 
 # %% ../nbs/02_models.ipynb #e6b9e6a6
+def uses_cpu_autocast(
+    precision:str, # fp32, bf16 or fp16, from `choose_precision`
+    device:str|None=None, # cuda, mps or cpu; default: `default_device()`
+) -> bool:
+    "Check whether `precision` runs as bf16 autocast over float32 weights, which is how bf16 runs on a CPU."
+    return (device or default_device()) == "cpu" and precision == "bf16"
+
 def weight_dtype(
     precision:str, # fp32, bf16 or fp16, from `choose_precision`
     device:str|None=None, # cuda, mps or cpu; default: `default_device()`
 ) -> torch.dtype:
     "Return the dtype to load weights in: float32 for bf16 on a CPU, where autocast lowers the compute, else the precision's dtype."
-    if (device or default_device()) == "cpu" and precision == "bf16": return torch.float32
+    if uses_cpu_autocast(precision, device): return torch.float32
     return PRECISIONS[precision]
 
 # %% ../nbs/02_models.ipynb #78fa5750
@@ -228,8 +236,7 @@ def compute_autocast(
 ):
     "Return the context manager that runs a forward pass in `precision`: bf16 autocast on a CPU, else a no-op."
     # On a GPU the weights are already loaded in the precision's dtype, so nothing needs casting.
-    if (device or default_device()) == "cpu" and precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if uses_cpu_autocast(precision, device): return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 # %% ../nbs/02_models.ipynb #fbea9e61
@@ -240,7 +247,7 @@ def fast_dropout(
     p:float, # probability of zeroing an element, rounded to a multiple of 2**-16
 ) -> torch.Tensor:
     "Zero each element of `x` with probability `p` and scale the others by 1/(1 - p), drawing four masks per 64-bit random number."
-    if not 0 <= p < 1: raise ValueError(f"dropout probability must be at least 0 and below 1, got {p}.")
+    if not 0 <= p < 1: raise ValueError(f"invalid dropout probability {p}: it must be at least 0 and below 1.")
     cut = round(p * _INT16_VALUES)
     if cut == 0: return x
     n = x.numel()

@@ -36,7 +36,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .data import (LABEL_NAMES, DataError, check_tweets, class_weights, load_tweets, read_tweets_csv)
 from .models import (PRESETS, LoraSettings, ModelError, cast_frozen_linears, choose_precision, compute_autocast,
-                                count_parameters, default_device, load_base_model, load_model, resolve_model)
+                                count_parameters, default_device, load_base_model, load_model, resolve_model,
+                                uses_cpu_autocast)
 from .tokenizers import load_tokenizer, make_collator, tokenize_dataset
 
 # %% auto #0
@@ -569,7 +570,7 @@ def train(
                         target_modules=tuple(c.lora_target_modules) if c.lora_target_modules else None)
     model = load_model(c.model, tokenizer, lora, precision=precision, trust_remote_code=c.trust_remote_code,
                        gradient_checkpointing=bool(c.gradient_checkpointing), load_in_4bit=c.load_in_4bit)
-    if precision == "bf16" and default_device() == "cpu": cast_frozen_linears(model)  # the Trainer runs under autocast
+    if uses_cpu_autocast(precision): cast_frozen_linears(model)  # the Trainer runs the model under autocast
     params = count_parameters(model)
     log.info("config %s", config_to_dict(c))
     log.info("data %s; parameters %s; precision %s; processes %d", facts, params, precision, args.world_size)

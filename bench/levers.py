@@ -2,8 +2,8 @@
 
 lora_tweets' MiniLM default trains with batch 32, length-grouped batches, no gradient checkpointing, `--threads`
 torch threads (by default one per core), bf16 autocast with the frozen linear layers stored in bfloat16, and dropout
-masks drawn by `fast_dropout` (with `eager_fast_dropout` attention, which runs SDPA when nothing is dropped). Each training variant changes one of these
-settings and trains `--rows` fixed training tweets for one pass: forward, weighted loss, backward and an AdamW step,
+masks drawn by `fast_dropout`, with `eager_fast_dropout` attention (eager in training, SDPA in evaluation). Each
+training variant changes one of these settings and trains `--rows` fixed training tweets for one pass: forward, weighted loss, backward and an AdamW step,
 without the Trainer. The first batch of each pass is a warm-up and is not timed. The variants run in turn,
 `--rounds` times, so that a slow spell of a shared machine hits all of them, and the table gives the median
 samples/s of each.

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers import (AttentionInterface, AutoConfig, AutoModelForSequenceClassification, BitsAndBytesConfig,
                           PreTrainedConfig, PreTrainedModel)
@@ -27,10 +28,10 @@ from .tokenizers import get_tokenizer_policy, minilm_folder
 __all__ = ['FAMILIES', 'PRESETS', 'PRECISIONS', 'FAST_DROPOUT_ATTENTION', 'ModelError', 'LoraSettings', 'ModelFamily',
            'model_family', 'ModelPreset', 'resolve_model', 'choose_precision', 'cpu_supports_bf16', 'default_device',
            'uses_cpu_autocast', 'weight_dtype', 'compute_autocast', 'fast_dropout', 'FastDropout',
-           'eager_fast_dropout_attention', 'use_fast_dropout', 'cast_frozen_linears', 'lora_config', 'wrap_lora',
-           'load_base_model', 'load_model', 'ParamCount', 'count_parameters', 'preset_config',
-           'count_config_parameters', 'count_model_parameters', 'build_tiny_model', 'enable_gradient_checkpointing',
-           'check_4bit_support', 'bnb_4bit_config']
+           'eager_fast_dropout_attention', 'use_fast_dropout', 'cast_frozen_linears', 'cast_shared_inputs',
+           'lora_config', 'wrap_lora', 'load_base_model', 'load_model', 'ParamCount', 'count_parameters',
+           'preset_config', 'count_config_parameters', 'count_model_parameters', 'build_tiny_model',
+           'enable_gradient_checkpointing', 'check_4bit_support', 'bnb_4bit_config']
 
 # %% ../nbs/02_models.ipynb #523fd248
 class ModelError(ValueError):
@@ -122,8 +123,9 @@ _STUDY_TRAINING = dict(learning_rate=1e-4, batch_size=8, epochs=5, max_length=51
 
 PRESETS = {p.name: p for p in (
     ModelPreset("minilm", "sentence-transformers/all-MiniLM-L6-v2", "bert",
-                LoraSettings(r=16, alpha=32, dropout=0.1, target_modules=("query", "value", "pooler.dense")),
-                dict(learning_rate=2e-3, batch_size=32, epochs=3, max_length=128, lr_scheduler="linear",
+                # no LoRA dropout: on a CPU, 12 % more samples/s at the same F1
+                LoraSettings(r=16, alpha=32, dropout=0.0, target_modules=("query", "value", "pooler.dense")),
+                dict(learning_rate=1e-3, batch_size=32, epochs=3, max_length=128, lr_scheduler="linear",
                      warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, gradient_checkpointing=False),
                 "MiniLM-L6 (22.7M parameters), the CPU default", _ARCHITECTURES["minilm"]),
     ModelPreset("roberta-large", "FacebookAI/roberta-large", "roberta", LoraSettings(r=2, alpha=16, dropout=0.1),
@@ -252,8 +254,12 @@ def fast_dropout(
     if cut == 0: return x
     n = x.numel()
     draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
-    drop = draws.view(torch.int16)[:n].view(x.shape) < cut - _INT16_VALUES // 2  # int16 is uniform on [-2**15, 2**15)
-    return (x * (_INT16_VALUES / (_INT16_VALUES - cut))).masked_fill_(drop, 0)
+    # int16 is uniform on [-2**15, 2**15), and an element is kept when its draw is at least cut - 2**15. In float32,
+    # clamp(draw - (cut - 2**15 - 1), 0, 1) is that test as an exact 1 or 0. Multiplying by it is faster than a masked fill.
+    keep = (draws.view(torch.int16)[:n].view(x.shape).to(torch.float32) - (cut - _INT16_VALUES // 2 - 1)).clamp_(0, 1)
+    scale = _INT16_VALUES / (_INT16_VALUES - cut)
+    if x.dtype == torch.float32: return x * keep.mul_(scale)
+    return x * scale * keep.to(x.dtype)  # scaled first, so that x * scale is rounded once to x's dtype
 
 # %% ../nbs/02_models.ipynb #9c7bf83b
 class FastDropout(torch.nn.Dropout):
@@ -317,6 +323,36 @@ def cast_frozen_linears(
             module.to(dtype)
             cast += 1
     return cast
+
+# %% ../nbs/02_models.ipynb #70b0c531
+_SHARED_INPUT_PROJECTIONS = ({"query", "key", "value"}, {"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
+
+def _cast_to_autocast_dtype(module, args, kwargs):
+    "Forward pre-hook: under autocast, cast the hidden states that `module` receives to the autocast dtype."
+    x = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or not torch.is_autocast_enabled(x.device.type):
+        return None
+    dtype = torch.get_autocast_dtype(x.device.type)
+    if x.dtype == dtype: return None
+    if args: return (x.to(dtype), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": x.to(dtype)}
+
+def cast_shared_inputs(
+    model:torch.nn.Module, # a model that runs under `compute_autocast`
+) -> int: # the number of modules given the hook
+    "Cast the input of each attention block and gated MLP to the autocast dtype once, not once per projection that reads it."
+    hooked = 0
+    for module in model.modules():
+        children = dict(module.named_children())
+        if getattr(module, "_casts_shared_input", False) or not any(n <= children.keys() for n in _SHARED_INPUT_PROJECTIONS):
+            continue
+        module.register_forward_pre_hook(_cast_to_autocast_dtype, with_kwargs=True)
+        module._casts_shared_input = True
+        for child in children.values():
+            # PEFT would cast the bfloat16 input back to the float32 of the LoRA matrices, and autocast back again
+            if isinstance(child, BaseTunerLayer): child.cast_input_dtype_enabled = False
+        hooked += 1
+    return hooked
 
 # %% ../nbs/02_models.ipynb #1e5e7c82
 def lora_config(

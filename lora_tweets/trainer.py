@@ -35,7 +35,8 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .data import (LABEL_NAMES, DataError, check_tweets, class_weights, load_tweets, read_tweets_csv)
-from .models import (PRESETS, LoraSettings, ModelError, cast_frozen_linears, choose_precision, compute_autocast,
+from .models import (PRESETS, LoraSettings, ModelError, cast_frozen_linears, cast_shared_inputs,
+                                choose_precision, compute_autocast,
                                 count_parameters, default_device, load_base_model, load_model, resolve_model,
                                 uses_cpu_autocast)
 from .tokenizers import load_tokenizer, make_collator, tokenize_dataset
@@ -82,6 +83,8 @@ class TrainConfig:
     lora_dropout: float | None = _opt(None, "LoRA dropout probability")
     lora_target_modules: list[str] | None = _opt(None, "module names that get LoRA", "the preset's, else the model family's")
     max_length: int | None = _opt(None, "maximum tokens per tweet; longer ones are truncated")
+    replace_urls: bool = _opt(True, "put the word http in place of each link before tokenizing, in training and prediction; "
+                              "a t.co link's random code is about 15 tokens that say nothing")
     seed: int = _opt(42, "seed of weight initialisation, data order and dropout")
     train_size: float = _opt(0.8, "fraction of labelled rows used for training; the rest is validation")
     split_seed: int = _opt(42, "seed of the train/validation split")
@@ -437,7 +440,8 @@ def prepare_data(c: TrainConfig, tokenizer) -> tuple[dict, dict, dict]:
     dsd, report = load_tweets(c.data, train_size=c.train_size, seed=c.split_seed, stratify=c.stratify,
                               drop_empty_text=c.drop_empty_text, dedupe=c.dedupe, return_report=True)
     raw = {"train": _subset(dsd["train"], c.max_train_samples), "val": _subset(dsd["val"], c.max_eval_samples)}
-    tokenized = {k: tokenize_dataset(v, tokenizer, max_length=c.max_length) for k, v in raw.items()}
+    tokenized = {k: tokenize_dataset(v, tokenizer, max_length=c.max_length, replace_urls=c.replace_urls)
+                 for k, v in raw.items()}
     weights = class_weights(raw["train"]["target"]) if c.weighted_loss else None
     facts = {"source": report.source, "rows": {k: len(v) for k, v in raw.items()},
              "rows_available": report.sizes, "class_weights": weights,
@@ -570,7 +574,9 @@ def train(
                         target_modules=tuple(c.lora_target_modules) if c.lora_target_modules else None)
     model = load_model(c.model, tokenizer, lora, precision=precision, trust_remote_code=c.trust_remote_code,
                        gradient_checkpointing=bool(c.gradient_checkpointing), load_in_4bit=c.load_in_4bit)
-    if uses_cpu_autocast(precision): cast_frozen_linears(model)  # the Trainer runs the model under autocast
+    if uses_cpu_autocast(precision):  # the Trainer runs the model under autocast
+        cast_frozen_linears(model)
+        cast_shared_inputs(model)
     params = count_parameters(model)
     log.info("config %s", config_to_dict(c))
     log.info("data %s; parameters %s; precision %s; processes %d", facts, params, precision, args.world_size)
@@ -644,6 +650,8 @@ def load_run(
         raise ConfigError(f"{run_dir} is not a finished run folder: it needs adapter_config.json and train_config.json "
                           "(written by lora_tweets train).")
     c = load_config(run_dir / "train_config.json")
+    if "replace_urls" not in json.loads((run_dir / "train_config.json").read_text(encoding="utf-8")):
+        c = dataclasses.replace(c, replace_urls=False)  # a run from before the setting existed tokenized links as they were
     path, _ = resolve_model(c.model)
     tokenizer = load_tokenizer(path, max_length=c.max_length, trust_remote_code=c.trust_remote_code)
     base = load_base_model(path, tokenizer, precision=choose_precision("auto"), trust_remote_code=c.trust_remote_code,
@@ -680,7 +688,7 @@ def predict(
     "Predict labels and probabilities for texts, a CSV file or a split of a data source."
     model, tokenizer, c = load_run(run_dir)
     rows = _rows_to_predict(data, split, texts)
-    tokenized = tokenize_dataset(rows, tokenizer, max_length=c.max_length)
+    tokenized = tokenize_dataset(rows, tokenizer, max_length=c.max_length, replace_urls=c.replace_urls)
     probs = predict_probabilities(model, tokenized, make_collator(tokenizer), batch_size, choose_precision(c.precision))
     out = pd.DataFrame({"id": rows["id"], "prediction": probs.argmax(-1)})
     out["label"] = [LABEL_NAMES[i] for i in out["prediction"]]

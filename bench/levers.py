@@ -1,23 +1,25 @@
 """Measure one training speed lever at a time: LoRA training steps and prediction on real tweets, in one process.
 
-lora_tweets' MiniLM default trains with batch 32, length-grouped batches, no gradient checkpointing, `--threads`
-torch threads (by default one per core), bf16 autocast with the frozen linear layers stored in bfloat16, and dropout
-masks drawn by `fast_dropout`, with `eager_fast_dropout` attention (eager in training, SDPA in evaluation). Each
-training variant changes one of these settings and trains `--rows` fixed training tweets for one pass: forward, weighted loss, backward and an AdamW step,
-without the Trainer. The first batch of each pass is a warm-up and is not timed. The variants run in turn,
-`--rounds` times, so that a slow spell of a shared machine hits all of them, and the table gives the median
-samples/s of each.
+lora_tweets' MiniLM default trains on tweets whose links are replaced by the word http, with batch 32, length-grouped
+batches, no gradient checkpointing, `--threads` torch threads (by default one per core), bf16 autocast with the frozen
+linear layers stored in bfloat16 and each attention block's input cast to bfloat16 once, no LoRA dropout, and the
+dropout masks of the frozen model drawn by `fast_dropout`, with `eager_fast_dropout` attention (eager in training,
+SDPA in evaluation). Each training variant changes one of these settings and trains `--rows` fixed training tweets for
+one pass: forward, weighted loss, backward and an AdamW step, without the Trainer. The first batch of each pass is a
+warm-up and is not timed. The variants run in turn, `--rounds` times, in reverse order in every second round, so that
+a slow spell of a shared machine hits all of them, and the table gives the median samples/s of each.
 
 The prediction variants time the forward pass alone on the same number of validation tweets. The padding figures
 count the pad tokens of one epoch of the whole training split, which bound what padding-free batches could save.
 
-    python bench/levers.py --rounds 3 --rows 256 --threads 1
+    python bench/levers.py --rounds 6 --rows 384
     python bench/levers.py --rounds 1 --rows 256 --compile   # adds torch.compile, whose first step compiles
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -29,15 +31,19 @@ import numpy as np
 import torch
 
 from lora_tweets.data import class_weights, load_tweets
-from lora_tweets.models import cast_frozen_linears, cpu_supports_bf16, load_model, resolve_model
+from lora_tweets.models import (PRESETS, cast_frozen_linears, cast_shared_inputs, cpu_supports_bf16, load_model,
+                                resolve_model)
 from lora_tweets.tokenizers import load_tokenizer, make_collator, padded_tokens_per_epoch, tokenize_dataset
 
 BASE = dict(batch_size=32, order="grouped", checkpointing=False, attention=None, threads=None, bf16=True,
-            compile=False, fast_dropout=True, cast=True)
+            compile=False, fast_dropout=True, cast=True, shared_cast=True, replace_urls=True, lora_dropout=0.0)
 TRAIN_VARIANTS = {
     "default (bf16 autocast, batch 32, grouped)": {},
+    "links kept (t.co codes tokenized)": dict(replace_urls=False),
+    "LoRA dropout 0.1": dict(lora_dropout=0.1),
     "PyTorch's dropout and SDPA": dict(fast_dropout=False),
     "frozen linear layers in float32": dict(cast=False),
+    "each projection casts its input": dict(shared_cast=False),
     "fp32": dict(bf16=False),
     "batch 16": dict(batch_size=16),
     "batch 64": dict(batch_size=64),
@@ -67,10 +73,12 @@ def batches(rows: list[dict], lengths: np.ndarray, batch_size: int, order: str, 
 def build_model(tokenizer, variant: dict):
     "Load MiniLM with the preset's LoRA as the variant asks: checkpointing, dropout, attention, frozen weights' dtype."
     torch.manual_seed(0)
-    model = load_model("minilm", tokenizer, precision="fp32", device="cpu", gradient_checkpointing=variant["checkpointing"],
-                       cpu_fast_dropout=variant["fast_dropout"])
+    lora = dataclasses.replace(PRESETS["minilm"].lora, dropout=variant["lora_dropout"])
+    model = load_model("minilm", tokenizer, lora=lora, precision="fp32", device="cpu",
+                       gradient_checkpointing=variant["checkpointing"], cpu_fast_dropout=variant["fast_dropout"])
     if variant["attention"]: model.base_model.model.config._attn_implementation = variant["attention"]
     if variant["bf16"] and variant["cast"]: cast_frozen_linears(model)
+    if variant["bf16"] and variant["shared_cast"]: cast_shared_inputs(model)
     if variant["compile"]: model = torch.compile(model, dynamic=True)
     return model
 
@@ -131,7 +139,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.environ.get("LORA_TWEETS_DATA"), help="data source (default: $LORA_TWEETS_DATA)")
     parser.add_argument("--rows", type=int, default=384, help="training and validation tweets per pass (default: 384)")
-    parser.add_argument("--rounds", type=int, default=3, help="passes of every variant, alternated (default: 3)")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="passes of every variant, in alternating order; an even number balances it (default: 6)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the default variant (default: torch's default, one per core)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (its first step compiles)")
@@ -142,11 +151,11 @@ def main(argv=None) -> None:
     datasets.disable_progress_bars()
     dsd = load_tweets(args.data)
     tokenizer = load_tokenizer(resolve_model("minilm")[0], max_length=128)
-    tokenized = tokenize_dataset(dsd, tokenizer)
+    tokenized_as = {replace: tokenize_dataset(dsd, tokenizer, replace_urls=replace) for replace in (True, False)}
+    tokenized = tokenized_as[True]
     collator = make_collator(tokenizer)
     pick = np.random.default_rng(0).permutation(len(tokenized["train"]))[:args.rows]
-    train_rows = [tokenized["train"][int(i)] for i in pick]
-    train_lengths = np.array([r["length"] for r in train_rows])
+    train_rows_as = {replace: [t["train"][int(i)] for i in pick] for replace, t in tokenized_as.items()}
     val_rows = [tokenized["val"][i] for i in range(min(args.rows, len(tokenized["val"])))]
     val_lengths = np.array([r["length"] for r in val_rows])
     weights = torch.tensor(class_weights(dsd["train"]["target"]), dtype=torch.float32)
@@ -161,9 +170,15 @@ def main(argv=None) -> None:
     models = {name: build_model(tokenizer, v) for name, v in variants.items()}
     train_runs = {name: [] for name in variants}
     predict_runs = {name: [] for name in PREDICT_VARIANTS}
+    names = list(variants)
     for round_number in range(args.rounds):
-        for name, variant in variants.items():
-            data = batches(train_rows, train_lengths, variant["batch_size"], variant["order"], collator, seed=round_number)
+        # Odd rounds run the variants in reverse order. On the 2-core Xeon a pass ran at another speed late in a round
+        # than early in it. Alternating gives every variant the same mean position over an even number of rounds.
+        for name in (names if round_number % 2 == 0 else names[::-1]):
+            variant = variants[name]
+            train_rows = train_rows_as[variant["replace_urls"]]
+            lengths = np.array([r["length"] for r in train_rows])
+            data = batches(train_rows, lengths, variant["batch_size"], variant["order"], collator, seed=round_number)
             train_runs[name].append(time_training(models[name], data, weights, variant))
             print(f"round {round_number + 1} {name}: {train_runs[name][-1]['samples_per_s']:.1f} samples/s", flush=True)
         for name, variant in PREDICT_VARIANTS.items():

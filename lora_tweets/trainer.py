@@ -36,9 +36,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .data import (LABEL_NAMES, DataError, check_tweets, class_weights, load_tweets, read_tweets_csv)
 from .models import (PRESETS, LoraSettings, ModelError, cast_frozen_linears, cast_shared_inputs,
-                                choose_precision, compute_autocast,
-                                count_parameters, default_device, load_base_model, load_model, resolve_model,
-                                uses_cpu_autocast)
+                                choose_precision, compute_autocast, count_parameters, default_device, load_base_model,
+                                load_model, resolve_model, uses_cpu_autocast)
 from .tokenizers import load_tokenizer, make_collator, tokenize_dataset
 
 # %% auto #0
@@ -83,8 +82,8 @@ class TrainConfig:
     lora_dropout: float | None = _opt(None, "LoRA dropout probability")
     lora_target_modules: list[str] | None = _opt(None, "module names that get LoRA", "the preset's, else the model family's")
     max_length: int | None = _opt(None, "maximum tokens per tweet; longer ones are truncated")
-    replace_urls: bool = _opt(True, "put the word http in place of each link before tokenizing, in training and prediction; "
-                              "a t.co link's random code is about 15 tokens that say nothing")
+    replace_urls: bool = _opt(True, "put the word http in place of each link before tokenizing, in training and prediction, "
+                              "because the random code of a t.co link takes about 15 tokens and means nothing")
     seed: int = _opt(42, "seed of weight initialisation, data order and dropout")
     train_size: float = _opt(0.8, "fraction of labelled rows used for training; the rest is validation")
     split_seed: int = _opt(42, "seed of the train/validation split")
@@ -158,6 +157,7 @@ def config_to_dict(c: TrainConfig) -> dict:
 
 def load_config(
     path:str|Path, # JSON file, as written to train_config.json
+    missing:dict|None=None, # values of fields the file does not contain, in place of the `TrainConfig` defaults
     **overrides, # fields that replace the file's values
 ) -> TrainConfig:
     "Load a `TrainConfig` from a JSON file, rejecting unknown keys and wrong types."
@@ -174,7 +174,7 @@ def load_config(
     if unknown: raise ConfigError(f"{path}: unknown configuration key {', '.join(map(repr, unknown))}; "
                                   f"the keys are {', '.join(sorted(known))}.")
     try:
-        return TrainConfig(**{**values, **overrides})
+        return TrainConfig(**{**(missing or {}), **values, **overrides})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
@@ -574,7 +574,7 @@ def train(
                         target_modules=tuple(c.lora_target_modules) if c.lora_target_modules else None)
     model = load_model(c.model, tokenizer, lora, precision=precision, trust_remote_code=c.trust_remote_code,
                        gradient_checkpointing=bool(c.gradient_checkpointing), load_in_4bit=c.load_in_4bit)
-    if uses_cpu_autocast(precision):  # the Trainer runs the model under autocast
+    if uses_cpu_autocast(precision):  # the Trainer then runs the model under autocast
         cast_frozen_linears(model)
         cast_shared_inputs(model)
     params = count_parameters(model)
@@ -649,9 +649,8 @@ def load_run(
     if not (run_dir / "adapter_config.json").exists() or not (run_dir / "train_config.json").exists():
         raise ConfigError(f"{run_dir} is not a finished run folder: it needs adapter_config.json and train_config.json "
                           "(written by lora_tweets train).")
-    c = load_config(run_dir / "train_config.json")
-    if "replace_urls" not in json.loads((run_dir / "train_config.json").read_text(encoding="utf-8")):
-        c = dataclasses.replace(c, replace_urls=False)  # a run from before the setting existed tokenized links as they were
+    # Runs written before `replace_urls` existed tokenized their links as they were.
+    c = load_config(run_dir / "train_config.json", missing={"replace_urls": False})
     path, _ = resolve_model(c.model)
     tokenizer = load_tokenizer(path, max_length=c.max_length, trust_remote_code=c.trust_remote_code)
     base = load_base_model(path, tokenizer, precision=choose_precision("auto"), trust_remote_code=c.trust_remote_code,

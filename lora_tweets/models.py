@@ -123,7 +123,7 @@ _STUDY_TRAINING = dict(learning_rate=1e-4, batch_size=8, epochs=5, max_length=51
 
 PRESETS = {p.name: p for p in (
     ModelPreset("minilm", "sentence-transformers/all-MiniLM-L6-v2", "bert",
-                # no LoRA dropout: on a CPU, 12 % more samples/s at the same F1
+                # Without LoRA dropout a CPU trains 12 % more samples/s, at the same F1 on 1,000 tweets.
                 LoraSettings(r=16, alpha=32, dropout=0.0, target_modules=("query", "value", "pooler.dense")),
                 dict(learning_rate=1e-3, batch_size=32, epochs=3, max_length=128, lr_scheduler="linear",
                      warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, gradient_checkpointing=False),
@@ -259,7 +259,8 @@ def fast_dropout(
     keep = (draws.view(torch.int16)[:n].view(x.shape).to(torch.float32) - (cut - _INT16_VALUES // 2 - 1)).clamp_(0, 1)
     scale = _INT16_VALUES / (_INT16_VALUES - cut)
     if x.dtype == torch.float32: return x * keep.mul_(scale)
-    return x * scale * keep.to(x.dtype)  # scaled first, so that x * scale is rounded once to x's dtype
+    # Scaling first rounds x * scale to x's dtype once, and multiplying by an exact 1 or 0 changes nothing more.
+    return x * scale * keep.to(x.dtype)
 
 # %% ../nbs/02_models.ipynb #9c7bf83b
 class FastDropout(torch.nn.Dropout):
@@ -328,7 +329,7 @@ def cast_frozen_linears(
 _SHARED_INPUT_PROJECTIONS = ({"query", "key", "value"}, {"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
 
 def _cast_to_autocast_dtype(module, args, kwargs):
-    "Forward pre-hook: under autocast, cast the hidden states that `module` receives to the autocast dtype."
+    "Cast the hidden states that `module` receives to the autocast dtype, under autocast only (a forward pre-hook)."
     x = args[0] if args else kwargs.get("hidden_states")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or not torch.is_autocast_enabled(x.device.type):
         return None
@@ -349,7 +350,7 @@ def cast_shared_inputs(
         module.register_forward_pre_hook(_cast_to_autocast_dtype, with_kwargs=True)
         module._casts_shared_input = True
         for child in children.values():
-            # PEFT would cast the bfloat16 input back to the float32 of the LoRA matrices, and autocast back again
+            # Otherwise PEFT casts the bfloat16 input back to the float32 of the LoRA matrices, and autocast casts it again.
             if isinstance(child, BaseTunerLayer): child.cast_input_dtype_enabled = False
         hooked += 1
     return hooked

@@ -156,6 +156,7 @@ def main(argv=None) -> None:
     collator = make_collator(tokenizer)
     pick = np.random.default_rng(0).permutation(len(tokenized["train"]))[:args.rows]
     train_rows_as = {replace: [t["train"][int(i)] for i in pick] for replace, t in tokenized_as.items()}
+    train_lengths_as = {replace: np.array([r["length"] for r in rows]) for replace, rows in train_rows_as.items()}
     val_rows = [tokenized["val"][i] for i in range(min(args.rows, len(tokenized["val"])))]
     val_lengths = np.array([r["length"] for r in val_rows])
     weights = torch.tensor(class_weights(dsd["train"]["target"]), dtype=torch.float32)
@@ -176,9 +177,9 @@ def main(argv=None) -> None:
         # than early in it. Alternating gives every variant the same mean position over an even number of rounds.
         for name in (names if round_number % 2 == 0 else names[::-1]):
             variant = variants[name]
-            train_rows = train_rows_as[variant["replace_urls"]]
-            lengths = np.array([r["length"] for r in train_rows])
-            data = batches(train_rows, lengths, variant["batch_size"], variant["order"], collator, seed=round_number)
+            replace = variant["replace_urls"]
+            data = batches(train_rows_as[replace], train_lengths_as[replace], variant["batch_size"], variant["order"],
+                           collator, seed=round_number)
             train_runs[name].append(time_training(models[name], data, weights, variant))
             print(f"round {round_number + 1} {name}: {train_runs[name][-1]['samples_per_s']:.1f} samples/s", flush=True)
         for name, variant in PREDICT_VARIANTS.items():

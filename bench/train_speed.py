@@ -169,7 +169,7 @@ def measure_io(args) -> None:
     from lora_tweets.data import load_tweets
     from lora_tweets.models import resolve_model
     from lora_tweets.tokenizers import load_tokenizer, tokenize_dataset
-    from lora_tweets.trainer import predict
+    from lora_tweets.trainer import TrainConfig, predict
 
     datasets.disable_progress_bars()
     set_threads(args.threads)
@@ -177,20 +177,22 @@ def measure_io(args) -> None:
     path, _ = resolve_model(args.model)
     tokenizer = load_tokenizer(path, max_length=128)
     rows = sum(len(ds) for ds in dsd.values())
+    replace_urls = TrainConfig().replace_urls  # tokenize as a training run with the defaults does
     figures = {"rows": rows}
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        tokenize_dataset(dsd, tokenizer, cache_dir=cache, replace_urls=True)
+        tokenize_dataset(dsd, tokenizer, cache_dir=cache, replace_urls=replace_urls)
         figures["tokenize_cold_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        tokenize_dataset(dsd, tokenizer, cache_dir=cache, replace_urls=True)
+        tokenize_dataset(dsd, tokenizer, cache_dir=cache, replace_urls=replace_urls)
         figures["tokenize_cached_s"] = time.perf_counter() - start
     start = time.perf_counter()
     for ds in dsd.values():
         ds.map(lambda row: tokenizer(row["text"], truncation=True, max_length=128), load_from_cache_file=False)
     figures["tokenize_per_tweet_s"] = time.perf_counter() - start
 
-    tokenize_dataset(dsd, tokenizer, replace_urls=True)  # fills the default cache, as the training run did for its splits
+    # Fill the default cache, as the training run did for its splits.
+    tokenize_dataset(dsd, tokenizer, replace_urls=replace_urls)
     start = time.perf_counter()
     predictions = predict(args.run_dir, data=args.data, split="test")
     figures["predict_s"] = time.perf_counter() - start
